@@ -504,7 +504,9 @@ type Instance struct {
 	ScheduledStartAt time.Time // zero when started at once
 	ParentInstanceID string
 	// Version is the number of history events of the current execution
-	// that the row reflects; commits are conditional on it.
+	// that the row reflects; commits are conditional on it. An upsert with
+	// Version -1 keeps the stored version (0 for a new row): a client that
+	// restarts an instance rewrites the row without touching history.
 	Version int64
 }
 

@@ -1,0 +1,99 @@
+package taskhub
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/taskhub/taskhub/backend"
+	"github.com/taskhub/taskhub/internal/engine"
+	"github.com/taskhub/taskhub/internal/history"
+	"github.com/taskhub/taskhub/internal/orchestration"
+)
+
+// Sentinel errors. Test with errors.Is.
+var (
+	// ErrInstanceNotFound: no instance has this ID.
+	ErrInstanceNotFound = backend.ErrInstanceNotFound
+	// ErrInstanceNotFinished: the operation (purge) needs a finished
+	// instance.
+	ErrInstanceNotFinished = backend.ErrInstanceNotFinished
+	// ErrInstanceFinished: the operation (raise, terminate, suspend) needs
+	// a running instance.
+	ErrInstanceFinished = engine.ErrInstanceFinished
+	// ErrEventTimeout: WaitForExternalEvent's timeout passed first.
+	ErrEventTimeout = orchestration.ErrEventTimeout
+	// ErrActivityTimeout is the cause of an activity attempt that ran past
+	// its timeout.
+	ErrActivityTimeout = engine.ErrActivityTimeout
+	// ErrInvalidInstanceID: an instance ID was empty, too long or had
+	// forbidden characters.
+	ErrInvalidInstanceID = errors.New("invalid instance ID")
+	// ErrHubNotFound: the task hub does not exist (no worker created it).
+	ErrHubNotFound = backend.ErrHubNotFound
+)
+
+// InstanceExistsError: an instance with the ID exists in a status the
+// reuse policy refuses.
+type InstanceExistsError = backend.InstanceExistsError
+
+// PartitionCountMismatchError: the hub exists with another partition count.
+type PartitionCountMismatchError = backend.PartitionCountMismatchError
+
+// FailureDetails describes a failure that crossed a durable boundary: an
+// activity's or sub-orchestration's error seen by an orchestrator, or an
+// instance's own failure seen by a client.
+type FailureDetails struct {
+	Type         string          `json:"type,omitempty"`
+	Message      string          `json:"message"`
+	Stack        string          `json:"stack,omitempty"`
+	NonRetryable bool            `json:"nonRetryable,omitempty"`
+	Cause        *FailureDetails `json:"cause,omitempty"`
+}
+
+func (f *FailureDetails) Error() string {
+	if f.Type == "" {
+		return f.Message
+	}
+	return f.Type + ": " + f.Message
+}
+
+func failureDetails(f *history.Failure) *FailureDetails {
+	if f == nil {
+		return nil
+	}
+	return &FailureDetails{Type: f.Type, Message: f.Message, Stack: f.Stack, NonRetryable: f.NonRetryable, Cause: failureDetails(f.Cause)}
+}
+
+// TaskFailedError is returned by Await when an activity or sub-orchestration
+// failed (after its retries). Failure carries the remote error's type,
+// message and stack.
+type TaskFailedError struct {
+	// Kind is "activity" or "suborchestration".
+	Kind    string
+	Name    string
+	TaskID  int64
+	Failure *FailureDetails
+}
+
+func (e *TaskFailedError) Error() string {
+	return fmt.Sprintf("%s %q failed: %s", e.Kind, e.Name, e.Failure.Error())
+}
+
+// Unwrap exposes the failure, so errors.As(err, &*FailureDetails) works.
+func (e *TaskFailedError) Unwrap() error { return e.Failure }
+
+func wrapTaskError(err error) error {
+	var tf *orchestration.TaskFailedError
+	if errors.As(err, &tf) {
+		return &TaskFailedError{Kind: tf.Kind, Name: tf.Name, TaskID: tf.TaskID, Failure: failureDetails(tf.Failure)}
+	}
+	return err
+}
+
+// NonRetryable marks an activity error so that no retry policy retries it.
+func NonRetryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &engine.NonRetryableError{Err: err}
+}

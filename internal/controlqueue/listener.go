@@ -1,0 +1,346 @@
+// Package controlqueue is the control-queue listener: one per owned
+// partition. It receives the partition's messages in batches
+// (controlQueueBatchSize), keeps at most controlQueueBufferThreshold of them
+// in a prefetch buffer, groups them by instance, and hands each instance's
+// pending messages to the engine as one orchestration step, never two steps
+// of the same instance at once. When the queue is empty it polls with
+// randomized exponential back-off, wakes at once when this process enqueues
+// to the partition (Wake), and sleeps no longer than the next due timer.
+package controlqueue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/taskhub/taskhub/backend"
+	"github.com/taskhub/taskhub/internal/backoff"
+	"github.com/taskhub/taskhub/internal/clock"
+)
+
+// Defaults from the reference implementation.
+const (
+	BatchSizeDefault       = 32
+	BufferThresholdDefault = 256
+	LockDurationDefault    = 5 * time.Minute
+	MaxPollDefault         = 30 * time.Second
+	MinPollDefault         = 50 * time.Millisecond
+)
+
+// Dispatch runs one step of an instance with its pending messages. It must
+// not block for long: the engine starts the step on its own goroutine and
+// calls done when the step has been committed or abandoned.
+type Dispatch func(fence backend.Fence, instanceID string, msgs []*backend.ControlMessage, done func())
+
+// Options configure a Listener.
+type Options struct {
+	BatchSize       int
+	BufferThreshold int
+	LockDuration    time.Duration
+	MinPoll         time.Duration
+	MaxPoll         time.Duration
+	Clock           clock.Clock
+	Logger          *slog.Logger
+	Rand            func() float64
+	// OnLeaseLost is called (once, from the listener goroutine) when the
+	// backend says the lease is gone; the listener has then stopped.
+	OnLeaseLost func(partition int)
+}
+
+func (o Options) withDefaults() Options {
+	if o.BatchSize <= 0 {
+		o.BatchSize = BatchSizeDefault
+	}
+	if o.BufferThreshold <= 0 {
+		o.BufferThreshold = BufferThresholdDefault
+	}
+	if o.LockDuration <= 0 {
+		o.LockDuration = LockDurationDefault
+	}
+	if o.MinPoll <= 0 {
+		o.MinPoll = MinPollDefault
+	}
+	if o.MaxPoll <= 0 {
+		o.MaxPoll = MaxPollDefault
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Listener reads one partition's control queue.
+type Listener struct {
+	be       backend.Backend
+	fence    backend.Fence
+	dispatch Dispatch
+	opts     Options
+
+	wake chan struct{}
+
+	mu       sync.Mutex
+	pending  map[string]*instanceQueue            // instance ID -> messages not yet dispatched
+	running  map[string][]*backend.ControlMessage // instance ID -> messages of its running step
+	buffered int                                  // messages held (pending + running)
+	inflight map[string]struct{}                  // every held message ID, for lock renewal
+	draining bool
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	idle   chan struct{} // closed when draining and nothing is held
+}
+
+type instanceQueue struct {
+	msgs []*backend.ControlMessage
+}
+
+// New returns a listener for the fenced partition.
+func New(be backend.Backend, fence backend.Fence, dispatch Dispatch, opts Options) *Listener {
+	return &Listener{
+		be:       be,
+		fence:    fence,
+		dispatch: dispatch,
+		opts:     opts.withDefaults(),
+		wake:     make(chan struct{}, 1),
+		pending:  map[string]*instanceQueue{},
+		running:  map[string][]*backend.ControlMessage{},
+		inflight: map[string]struct{}{},
+		done:     make(chan struct{}),
+		idle:     make(chan struct{}),
+	}
+}
+
+// Fence returns the partition lease the listener works under.
+func (l *Listener) Fence() backend.Fence { return l.fence }
+
+// Start starts receiving.
+func (l *Listener) Start(ctx context.Context) {
+	ctx, l.cancel = context.WithCancel(ctx)
+	go l.run(ctx)
+}
+
+// Wake makes the listener receive at once (a message was enqueued to its
+// partition by this process, or pushed by the backend).
+func (l *Listener) Wake() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stop stops receiving at once; held messages stay locked until their lock
+// expires or a newer epoch takes them. Use Drain for a graceful hand-off.
+func (l *Listener) Stop() {
+	if l.cancel != nil {
+		l.cancel()
+		<-l.done
+	}
+}
+
+// Drain stops receiving, abandons messages not yet dispatched, and waits
+// until running steps are done (or ctx ends).
+func (l *Listener) Drain(ctx context.Context) error {
+	l.Stop()
+	l.mu.Lock()
+	l.draining = true
+	var ids []string
+	for inst, q := range l.pending {
+		for _, m := range q.msgs {
+			ids = append(ids, m.ID)
+			delete(l.inflight, m.ID)
+		}
+		l.buffered -= len(q.msgs)
+		delete(l.pending, inst)
+	}
+	l.checkIdleLocked()
+	l.mu.Unlock()
+	if len(ids) > 0 {
+		// Best effort: the next owner's newer epoch sees them anyway.
+		_ = l.be.ControlAbandon(ctx, &backend.ControlAbandonParams{Fence: l.fence, IDs: ids, VisibleAt: l.opts.Clock.Now()})
+	}
+	select {
+	case <-l.idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Listener) checkIdleLocked() {
+	if l.draining && l.buffered == 0 {
+		select {
+		case <-l.idle:
+		default:
+			close(l.idle)
+		}
+	}
+}
+
+// Done reports that the step of instanceID has finished (committed, or
+// abandoned) with the messages it was dispatched; they leave the buffer. If
+// more messages arrived for the instance meanwhile, its next step is
+// dispatched.
+func (l *Listener) Done(instanceID string) {
+	l.mu.Lock()
+	done := l.running[instanceID]
+	delete(l.running, instanceID)
+	l.buffered -= len(done)
+	for _, m := range done {
+		delete(l.inflight, m.ID)
+	}
+	var next []*backend.ControlMessage
+	if q, ok := l.pending[instanceID]; ok && !l.draining {
+		next = q.msgs
+		delete(l.pending, instanceID)
+		l.running[instanceID] = next
+	}
+	l.checkIdleLocked()
+	l.mu.Unlock()
+	if next != nil {
+		l.dispatch(l.fence, instanceID, next, func() { l.Done(instanceID) })
+	}
+	l.Wake() // room in the buffer
+}
+
+// Buffered returns how many messages the listener holds.
+func (l *Listener) Buffered() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buffered
+}
+
+func (l *Listener) run(ctx context.Context) {
+	defer close(l.done)
+	poll := backoff.New(l.opts.MinPoll, l.opts.MaxPoll, l.opts.Rand)
+	renewEvery := l.opts.LockDuration / 2
+	nextRenew := l.opts.Clock.Now().Add(renewEvery)
+	for ctx.Err() == nil {
+		now := l.opts.Clock.Now()
+		if !now.Before(nextRenew) {
+			l.renew(ctx, now)
+			nextRenew = now.Add(renewEvery)
+		}
+		room := l.room()
+		var wait time.Duration
+		if room > 0 {
+			res, err := l.be.ControlReceive(ctx, &backend.ControlReceiveParams{
+				Fence: l.fence, Max: min(room, l.opts.BatchSize), LockDuration: l.opts.LockDuration, Now: now,
+			})
+			switch {
+			case errors.Is(err, backend.ErrLeaseLost):
+				l.opts.Logger.Warn("control queue: lease lost", "partition", l.fence.Partition, "epoch", l.fence.Epoch)
+				if l.opts.OnLeaseLost != nil {
+					go l.opts.OnLeaseLost(l.fence.Partition)
+				}
+				return
+			case err != nil:
+				if ctx.Err() != nil {
+					return
+				}
+				l.opts.Logger.Warn("control queue: receive failed", "partition", l.fence.Partition, "err", err)
+				wait = poll.Next()
+			case len(res.Messages) > 0:
+				poll.Reset()
+				l.accept(res.Messages)
+				if len(res.Messages) == min(room, l.opts.BatchSize) {
+					continue // more may be waiting
+				}
+				wait = l.sleepFor(poll, res.NextVisibleAt, now)
+			default:
+				wait = l.sleepFor(poll, res.NextVisibleAt, now)
+			}
+		} else {
+			wait = renewEvery // wait for Done to make room
+		}
+		if d := nextRenew.Sub(now); d < wait {
+			wait = d
+		}
+		t := l.opts.Clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-l.wake:
+			t.Stop()
+		case <-t.C():
+		}
+	}
+}
+
+// sleepFor is the back-off delay, shortened to the next due message.
+func (l *Listener) sleepFor(poll *backoff.Poller, nextVisible, now time.Time) time.Duration {
+	d := poll.Next()
+	if !nextVisible.IsZero() {
+		if until := nextVisible.Sub(now); until < d {
+			d = max(until, time.Millisecond)
+		}
+	}
+	return d
+}
+
+func (l *Listener) room() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.opts.BufferThreshold - l.buffered
+}
+
+// accept buffers received messages and dispatches instances that are idle.
+func (l *Listener) accept(msgs []*backend.ControlMessage) {
+	type job struct {
+		id   string
+		msgs []*backend.ControlMessage
+	}
+	var jobs []job
+	l.mu.Lock()
+	touched := map[string]bool{}
+	var order []string
+	for _, m := range msgs {
+		l.inflight[m.ID] = struct{}{}
+		l.buffered++
+		q := l.pending[m.InstanceID]
+		if q == nil {
+			q = &instanceQueue{}
+			l.pending[m.InstanceID] = q
+		}
+		q.msgs = append(q.msgs, m)
+		if !touched[m.InstanceID] {
+			touched[m.InstanceID] = true
+			order = append(order, m.InstanceID)
+		}
+	}
+	for _, id := range order {
+		if _, busy := l.running[id]; busy {
+			continue
+		}
+		q := l.pending[id]
+		delete(l.pending, id)
+		l.running[id] = q.msgs
+		jobs = append(jobs, job{id, q.msgs})
+	}
+	l.mu.Unlock()
+	for _, j := range jobs {
+		id := j.id
+		l.dispatch(l.fence, id, j.msgs, func() { l.Done(id) })
+	}
+}
+
+func (l *Listener) renew(ctx context.Context, now time.Time) {
+	l.mu.Lock()
+	ids := make([]string, 0, len(l.inflight))
+	for id := range l.inflight {
+		ids = append(ids, id)
+	}
+	l.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	err := l.be.ControlRenew(ctx, &backend.ControlRenewParams{Fence: l.fence, IDs: ids, LockDuration: l.opts.LockDuration, Now: now})
+	if err != nil && ctx.Err() == nil {
+		l.opts.Logger.Warn("control queue: lock renewal failed", "partition", l.fence.Partition, "err", err)
+	}
+}

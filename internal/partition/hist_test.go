@@ -1,0 +1,7 @@
+package partition
+
+import "testing"
+
+func TestOne(t *testing.T) {
+	churn(t, 374)
+}
