@@ -257,6 +257,16 @@ func (c *Client) WaitForInstanceCompletion(ctx context.Context, instanceID strin
 	return statusFromRow(r), nil
 }
 
+// WaitForInstance waits until cond holds for the instance's status (an
+// instance that does not exist yet is waited for).
+func (c *Client) WaitForInstance(ctx context.Context, instanceID string, cond func(*InstanceStatus) bool) (*InstanceStatus, error) {
+	r, err := c.c.Wait(ctx, instanceID, func(r *backend.Instance) bool { return cond(statusFromRow(r)) })
+	if err != nil {
+		return nil, fmt.Errorf("wait for %q: %w", instanceID, err)
+	}
+	return statusFromRow(r), nil
+}
+
 // RaiseEvent sends an event to a running instance. It fails with
 // ErrInstanceNotFound or ErrInstanceFinished.
 func (c *Client) RaiseEvent(ctx context.Context, instanceID, eventName string, data any) error {

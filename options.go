@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/internal/clock"
+	"github.com/taskhub/taskhub/internal/engine"
 )
 
 // Defaults of WorkerOptions, from the Durable Functions Azure Storage
@@ -103,6 +104,9 @@ type WorkerOptions struct {
 	Logger *slog.Logger
 	// Clock is the time source (default the wall clock). Tests inject one.
 	Clock Clock
+
+	// hooks observe the engine (tests; metrics later).
+	hooks engine.Hooks
 }
 
 // Clock is the injectable time source of the engine.

@@ -55,6 +55,7 @@ func NewWorker(be backend.Backend, reg *Registry, opts WorkerOptions) (*Worker, 
 		LargePayloadThreshold:         opts.LargePayloadThreshold,
 		Clock:                         opts.Clock,
 		Logger:                        opts.Logger,
+		Hooks:                         opts.hooks,
 	})
 	return w, nil
 }

@@ -149,7 +149,10 @@ func (e *Engine) completeWorkItem(ctx context.Context, it *backend.WorkItem, rep
 
 func (e *Engine) poisonWorkItem(ctx context.Context, it *backend.WorkItem, m *history.Message, reason string) {
 	e.log.Error("work item moved to poison", "id", it.ID, "reason", reason)
-	var reply *history.Message
+	// An undecodable item names no task: fail its instance instead.
+	reply := &history.Message{InstanceID: it.InstanceID, Event: &history.Event{
+		Type: history.ExecutionTerminated, Time: e.clk.Now(), Input: mustJSON(reason), Status: history.StatusFailed,
+	}}
 	if m != nil {
 		reply = &history.Message{InstanceID: m.InstanceID, ExecutionID: m.ExecutionID, Event: &history.Event{
 			Type: history.TaskFailed, Time: e.clk.Now(), TaskID: m.Event.TaskID, Name: m.Event.Name,

@@ -255,14 +255,11 @@ func (e *Engine) poisonControl(ctx context.Context, fence backend.Fence, instanc
 			DequeueCount: m.DequeueCount, Reason: r, CreatedAt: now,
 		})
 	}
-	// Fail the instance through its own control queue, so the failure is
-	// recorded by a regular step (history, row and parent stay consistent).
-	fail := &history.Message{InstanceID: instanceID, Event: &history.Event{
-		Type: history.ExecutionTerminated, Time: now, Input: mustJSON(reason), Status: history.StatusFailed,
-	}}
-	unit.Writes.ControlSend = []*backend.NewMessage{{
-		ID: newID(), Partition: fence.Partition, InstanceID: instanceID, Data: history.EncodeMessage(fail),
-	}}
+	if err := e.failInstance(ctx, fence, instanceID, reason, unit); err != nil {
+		e.log.Warn("poison: reading the instance failed", "instance", instanceID, "err", err)
+		e.abandon(ctx, fence, raw)
+		return
+	}
 	if err := e.committer.Commit(ctx, unit); err != nil {
 		e.log.Warn("poison: commit failed", "instance", instanceID, "err", err)
 		if !errors.Is(err, backend.ErrLeaseLost) {
@@ -285,6 +282,42 @@ func (e *Engine) poisonControl(ctx context.Context, fence backend.Fence, instanc
 		_ = e.be.ControlAbandon(ctx, &backend.ControlAbandonParams{Fence: fence, IDs: rest, VisibleAt: now})
 	}
 	e.WakePartition(fence.Partition)
+	e.Notify.Changed(instanceID)
+}
+
+// failInstance adds to unit what fails an instance with reason. A started
+// execution is failed through its own control queue, so a regular step
+// records the failure (history, row and parent stay consistent). An instance
+// that never started has no history to keep consistent: its row is marked
+// Failed directly.
+func (e *Engine) failInstance(ctx context.Context, fence backend.Fence, instanceID, reason string, unit *backend.Commit) error {
+	h, err := e.be.HistoryLoad(ctx, instanceID)
+	if err != nil {
+		return err
+	}
+	now := unit.Now
+	if len(h.Events) > 0 {
+		fail := &history.Message{InstanceID: instanceID, Event: &history.Event{
+			Type: history.ExecutionTerminated, Time: now, Input: mustJSON(reason), Status: history.StatusFailed,
+		}}
+		unit.Writes.ControlSend = append(unit.Writes.ControlSend, &backend.NewMessage{
+			ID: newID(), Partition: fence.Partition, InstanceID: instanceID, Data: history.EncodeMessage(fail),
+		})
+		return nil
+	}
+	row, err := e.be.InstanceGet(ctx, instanceID)
+	switch {
+	case errors.Is(err, backend.ErrInstanceNotFound):
+		row = &backend.Instance{InstanceID: instanceID, CreatedAt: now}
+	case err != nil:
+		return err
+	}
+	row.Status = backend.StatusFailed
+	row.Failure, _ = json.Marshal(&FailureJSON{Type: "PoisonMessage", Message: reason})
+	row.UpdatedAt, row.CompletedAt = now, now
+	unit.Instance = &backend.InstanceCondition{InstanceID: instanceID, ExpectVersion: row.Version}
+	unit.Writes.InstanceUpsert = row
+	return nil
 }
 
 func mustJSON(v any) []byte {

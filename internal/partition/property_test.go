@@ -1,20 +1,27 @@
 package partition
 
 import (
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 )
 
 // churnSettleBound is how many rounds after the churn stops a hub must be
-// balanced within. After the last event, a dead worker's leases and registry
-// row run out within lease/interval = 3 rounds (the dead worker renewed at
-// most one round before); from then on at most one wave of hand-offs is
-// needed, and a hand-off takes 3 rounds (request, release, acquire), 4 in
-// stale mode where every step acts on a read one round old. Targets can
-// shift while a wave is in flight (they follow who owns the most), so the
-// bound allows a second wave: 3 + 2*4 = 11.
-const churnSettleBound = 4
+// balanced within, per read mode.
+//
+// With fresh reads (sequential, snapshot): a worker that crashed just before
+// the end still holds current leases and a registry row for up to
+// lease/interval = heartbeat-TTL/interval = 3 rounds; after that the live set
+// is what it will stay, one plan covers every move, and a hand-off takes 3
+// rounds (request, release, acquire). 3 + 3 = 6, and 6 is also the worst seen.
+//
+// In stale mode every worker acts on what it read a round earlier, at a
+// shuffled place in the turn order, so each step of a hand-off can slip a
+// round (6 rounds instead of 3), the TTL is seen a round late (4), and
+// targets computed on old counts can leave a second, smaller wave:
+// 4 + 2*6 = 16. The worst seen over 30 000 seeds was 12.
+var churnSettleBound = map[mode]int{sequential: 6, snapshot: 6, stale: 16}
 
 // TestChurn runs random sequences of joins, graceful leaves, crashes, pauses
 // and resumes, in every read mode, with shuffled turn orders. The simulator
@@ -22,23 +29,35 @@ const churnSettleBound = 4
 // and paused workers come back, the hub must balance within
 // churnSettleBound rounds and then stay still.
 func TestChurn(t *testing.T) {
-	seeds := 600
-	if testing.Short() {
-		seeds = 100
+	if *churnSeed >= 0 {
+		churnTrace = t.Logf
+		m, rounds := churn(t, uint64(*churnSeed))
+		t.Logf("%s mode settled in %d rounds", m, rounds)
+		return
 	}
-	worst := 0
+	seeds := 1000
+	if testing.Short() {
+		seeds = 200
+	}
+	worst := map[mode]int{}
 	for seed := range uint64(seeds) {
-		rounds := churn(t, seed)
-		worst = max(worst, rounds)
+		m, rounds := churn(t, seed)
+		worst[m] = max(worst[m], rounds)
 		if t.Failed() {
 			return
 		}
 	}
-	t.Logf("worst settle after churn: %d rounds (bound %d)", worst, churnSettleBound)
+	t.Logf("worst settle after churn, in rounds: %v (bounds %v)", worst, churnSettleBound)
 }
 
-// churn runs one seeded history and returns how many rounds it took to settle.
-func churn(t *testing.T, seed uint64) int {
+var (
+	churnSeed  = flag.Int64("churn.seed", -1, "run TestChurn for this seed only, tracing every backend call")
+	churnTrace func(string, ...any)
+)
+
+// churn runs one seeded history and returns its read mode and how many rounds
+// it took to settle once the churn stopped.
+func churn(t *testing.T, seed uint64) (mode, int) {
 	rng := rand.New(rand.NewPCG(seed, 0x7a5c))
 	var history []string
 	say := func(format string, args ...any) { history = append(history, fmt.Sprintf(format, args...)) }
@@ -49,6 +68,7 @@ func churn(t *testing.T, seed uint64) int {
 			joinLines(history), s.describe())
 	}
 	s.rng = rng
+	s.trace = churnTrace
 	s.mode = []mode{sequential, snapshot, stale}[rng.IntN(3)]
 	p := 1 + rng.IntN(16)
 	s.setPartitions(p)
@@ -128,22 +148,16 @@ func churn(t *testing.T, seed uint64) int {
 		join()
 	}
 	say("churn stops: %s", s.describe())
-	s.stats = stats{}
-	for {
-		ok, why := s.balanced()
-		if ok {
-			break
-		}
-		if s.stats.rounds == churnSettleBound {
-			s.fail("not balanced %d rounds after the churn stopped: %s", churnSettleBound, why)
-		}
+	settled := settle(s, churnSettleBound[s.mode])
+	// Balanced is not yet still: a worker that crashed just before the end
+	// stays in the registry for a heartbeat TTL and may have asked for
+	// partitions that are handed to it meanwhile, and in stale mode
+	// decisions made on older reads are still landing. Let a TTL pass, then
+	// the hub must be balanced and stay put.
+	for range 3 {
 		s.step()
-		say("round -> %s", s.describe())
 	}
-	settled := s.stats.rounds
-	if s.mode == stale {
-		s.step() // decisions in flight were made on reads from before the balance
-	}
+	settle(s, churnSettleBound[s.mode])
 	s.stats = stats{}
 	for range 10 {
 		s.step()
@@ -154,7 +168,24 @@ func churn(t *testing.T, seed uint64) int {
 	if ok, why := s.balanced(); !ok {
 		s.fail("hub became unbalanced without churn: %s", why)
 	}
-	return settled
+	return s.mode, settled
+}
+
+// settle runs rounds until the hub is balanced, failing after bound rounds,
+// and returns how many it took.
+func settle(s *sim, bound int) int {
+	s.stats = stats{}
+	for {
+		ok, why := s.balanced()
+		if ok {
+			return s.stats.rounds
+		}
+		if s.stats.rounds == bound {
+			s.fail("not balanced %d rounds after the churn stopped: %s", bound, why)
+			return bound
+		}
+		s.step()
+	}
 }
 
 func joinLines(lines []string) string {

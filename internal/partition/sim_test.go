@@ -97,6 +97,14 @@ type sim struct {
 	// fail reports a broken invariant or rule; the simulator stops using a
 	// round's results after it.
 	fail func(format string, args ...any)
+	// trace, when set, is told every backend call the workers make.
+	trace func(format string, args ...any)
+}
+
+func (s *sim) tracef(format string, args ...any) {
+	if s.trace != nil {
+		s.trace("t=+%s "+format, append([]any{s.now.Sub(simEpoch)}, args...)...)
+	}
 }
 
 var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -318,12 +326,17 @@ func (s *sim) act(w *simWorker, r readState) {
 			row.Owner = ""
 			row.LeaseExpiresAt = s.now
 			s.stats.releases++
+			s.tracef("%s releases %d", w.id, idx)
 		}
 	}
 	for _, c := range d.Acquire {
+		if _, ok := w.beliefs[c.Partition]; ok {
+			continue // stale read: the manager already holds it
+		}
 		row := s.rows[c.Partition]
 		if row.Epoch != c.ExpectEpoch {
 			s.stats.conflicts++
+			s.tracef("%s loses CAS on %d (expect %d, epoch %d)", w.id, c.Partition, c.ExpectEpoch, row.Epoch)
 			continue
 		}
 		row.Epoch++
@@ -332,11 +345,13 @@ func (s *sim) act(w *simWorker, r readState) {
 		row.LeaseExpiresAt = s.now.Add(s.lease)
 		w.beliefs[c.Partition] = belief{epoch: row.Epoch, expires: row.LeaseExpiresAt}
 		s.stats.acquires++
+		s.tracef("%s acquires %d at epoch %d (read at +%s)", w.id, c.Partition, row.Epoch, r.now.Sub(simEpoch))
 		s.checkInvariants()
 	}
 	for _, idx := range d.Request {
 		s.rows[idx].NextOwner = w.id
 		s.stats.requests++
+		s.tracef("%s requests %d", w.id, idx)
 	}
 	if w.state == draining && len(w.beliefs) == 0 {
 		w.state = gone

@@ -1,0 +1,196 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// Every statement of a hot path is prepared once at Open: the driver keeps
+// the compiled SQLite statement and only binds and steps it per call.
+
+// instanceCols is the column list scanInstance reads.
+const instanceCols = `instance_id, name, execution_id, status, input, output, custom_status, failure,
+	created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, version`
+
+// writeStmts run on the write connection, inside write transactions.
+type writeStmts struct {
+	begin, commit, rollback *sql.Stmt
+	syncLow, syncHigh       *sql.Stmt
+
+	hubSelect, hubInsert, partitionInsert                                *sql.Stmt
+	partitionAcquire, partitionRenew, partitionRelease, partitionRequest *sql.Stmt
+	partitionEpoch                                                       *sql.Stmt
+	workerUpsert, workerDelete                                           *sql.Stmt
+
+	fence, instanceCond, workComplete                     *sql.Stmt
+	payloadPut, historyReset, historyInsert               *sql.Stmt
+	instanceUpsert, controlInsert, workInsert             *sql.Stmt
+	controlDelete, poisonInsert                           *sql.Stmt
+	instanceDelete, payloadPurge, controlPurge, workPurge *sql.Stmt
+
+	controlReceive, controlNextVisible, controlRenew, controlAbandon *sql.Stmt
+	workReceive, workRenew, workAbandon                              *sql.Stmt
+
+	all []*sql.Stmt
+}
+
+func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous string) error {
+	list := []struct {
+		dst   **sql.Stmt
+		query string
+	}{
+		{&s.begin, `BEGIN IMMEDIATE`},
+		{&s.commit, `COMMIT`},
+		{&s.rollback, `ROLLBACK`},
+		{&s.syncLow, `PRAGMA synchronous = NORMAL`},
+		// synchronous was validated against a fixed list of keywords.
+		{&s.syncHigh, `PRAGMA synchronous = ` + synchronous},
+
+		{&s.hubSelect, `SELECT name, partition_count, created_at, settings FROM hub`},
+		{&s.hubInsert, `INSERT INTO hub (name, partition_count, created_at) VALUES (?1, ?2, ?3)`},
+		{&s.partitionInsert, `INSERT INTO partitions (idx) VALUES (?1)`},
+		{&s.partitionAcquire, `UPDATE partitions SET owner = ?1, epoch = epoch + 1, lease_expires_at = ?2, next_owner = ''
+			WHERE idx = ?3 AND epoch = ?4 RETURNING epoch`},
+		{&s.partitionRenew, `UPDATE partitions SET lease_expires_at = ?1
+			WHERE idx = ?2 AND owner = ?3 AND epoch = ?4 RETURNING next_owner`},
+		{&s.partitionRelease, `UPDATE partitions SET owner = '', lease_expires_at = ?1
+			WHERE idx = ?2 AND owner = ?3 AND epoch = ?4`},
+		{&s.partitionRequest, `UPDATE partitions SET next_owner = ?1 WHERE idx = ?2`},
+		{&s.partitionEpoch, `SELECT epoch FROM partitions WHERE idx = ?1`},
+		{&s.workerUpsert, `INSERT INTO workers (id, host, started_at, heartbeat_at, partitions, info)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+			ON CONFLICT (id) DO UPDATE SET host = excluded.host, started_at = excluded.started_at,
+				heartbeat_at = excluded.heartbeat_at, partitions = excluded.partitions, info = excluded.info`},
+		{&s.workerDelete, `DELETE FROM workers WHERE id = ?1`},
+
+		{&s.fence, `SELECT EXISTS (SELECT 1 FROM partitions WHERE idx = ?1 AND owner = ?2 AND epoch = ?3)`},
+		{&s.instanceCond, `SELECT status, version FROM instances WHERE instance_id = ?1`},
+		{&s.workComplete, `DELETE FROM work WHERE id = ?1 AND lock_token = ?2`},
+		{&s.payloadPut, `INSERT INTO payloads (key, instance_id, data) VALUES (?1, ?2, ?3)
+			ON CONFLICT (key) DO UPDATE SET instance_id = excluded.instance_id, data = excluded.data`},
+		{&s.historyReset, `DELETE FROM history WHERE instance_id = ?1`},
+		{&s.historyInsert, `INSERT INTO history (instance_id, seq, execution_id, data) VALUES (?1, ?2, ?3, ?4)`},
+		{&s.instanceUpsert, `INSERT INTO instances (` + instanceCols + `)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+			ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, execution_id = excluded.execution_id,
+				status = excluded.status, input = excluded.input, output = excluded.output,
+				custom_status = excluded.custom_status, failure = excluded.failure,
+				created_at = excluded.created_at, updated_at = excluded.updated_at,
+				completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at,
+				parent_instance_id = excluded.parent_instance_id, version = excluded.version`},
+		{&s.controlInsert, `INSERT INTO control (id, partition, instance_id, data, enqueued_at, visible_at)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6)`},
+		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at)
+			VALUES (?1, ?2, ?3, ?4, ?5)`},
+		{&s.controlDelete, `DELETE FROM control WHERE id = ?1`},
+		{&s.poisonInsert, `INSERT INTO poison (id, queue, partition, instance_id, data, dequeue_count, reason, created_at)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
+		{&s.instanceDelete, `DELETE FROM instances WHERE instance_id = ?1`},
+		{&s.payloadPurge, `DELETE FROM payloads WHERE instance_id = ?1`},
+		{&s.controlPurge, `DELETE FROM control WHERE instance_id = ?1`},
+		{&s.workPurge, `DELETE FROM work WHERE instance_id = ?1`},
+
+		// A message is visible when its time has come and no lock of the
+		// caller's epoch holds it: locks of older epochs are void.
+		{&s.controlReceive, `UPDATE control SET dequeue_count = dequeue_count + 1, locked_epoch = ?3, locked_until = ?4
+			WHERE rowid IN (SELECT rowid FROM control INDEXED BY control_receive
+				WHERE partition = ?1 AND visible_at <= ?2 AND (locked_until <= ?2 OR locked_epoch <> ?3)
+				ORDER BY id LIMIT ?5)
+			RETURNING id, instance_id, data, enqueued_at, visible_at, dequeue_count`},
+		{&s.controlNextVisible, `SELECT min(visible_at) FROM control WHERE partition = ?1 AND visible_at > ?2`},
+		{&s.controlRenew, `UPDATE control SET locked_until = ?1 WHERE id = ?2 AND partition = ?3 AND locked_epoch = ?4`},
+		{&s.controlAbandon, `UPDATE control SET visible_at = ?1, locked_epoch = 0, locked_until = 0
+			WHERE id = ?2 AND partition = ?3 AND locked_epoch = ?4`},
+		// Each item gets its own token: the receive's unique prefix plus the
+		// row's rowid.
+		{&s.workReceive, `UPDATE work SET dequeue_count = dequeue_count + 1, lock_token = ?2 || rowid, locked_until = ?3
+			WHERE rowid IN (SELECT rowid FROM work INDEXED BY work_receive
+				WHERE visible_at <= ?1 AND locked_until <= ?1 ORDER BY id LIMIT ?4)
+			RETURNING id, instance_id, data, enqueued_at, dequeue_count, lock_token`},
+		{&s.workRenew, `UPDATE work SET locked_until = ?1 WHERE id = ?2 AND lock_token = ?3`},
+		{&s.workAbandon, `UPDATE work SET visible_at = ?1, lock_token = '', locked_until = 0
+			WHERE id = ?2 AND lock_token = ?3`},
+	}
+	for _, q := range list {
+		st, err := c.PrepareContext(ctx, q.query)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", q.query, err)
+		}
+		*q.dst = st
+		s.all = append(s.all, st)
+	}
+	return nil
+}
+
+func (s *writeStmts) close() error {
+	var errs []error
+	for _, st := range s.all {
+		errs = append(errs, st.Close())
+	}
+	s.all = nil
+	return errors.Join(errs...)
+}
+
+// readStmts run on the read pool.
+type readStmts struct {
+	hubGet, partitionList, workerList    *sql.Stmt
+	historyLoad, instanceGet, payloadGet *sql.Stmt
+	poisonList                           *sql.Stmt
+	controlPeek, workPeek                *sql.Stmt
+	metricsControl, metricsWork          *sql.Stmt
+
+	all []*sql.Stmt
+}
+
+func (s *readStmts) prepare(ctx context.Context, db *sql.DB) error {
+	list := []struct {
+		dst   **sql.Stmt
+		query string
+	}{
+		{&s.hubGet, `SELECT name, partition_count, created_at, settings FROM hub`},
+		{&s.partitionList, `SELECT idx, owner, epoch, lease_expires_at, next_owner FROM partitions ORDER BY idx`},
+		{&s.workerList, `SELECT id, host, started_at, heartbeat_at, partitions, info FROM workers
+			WHERE heartbeat_at > ?1 ORDER BY id`},
+		{&s.historyLoad, `SELECT seq, execution_id, data FROM history WHERE instance_id = ?1 ORDER BY seq`},
+		{&s.instanceGet, `SELECT ` + instanceCols + ` FROM instances WHERE instance_id = ?1`},
+		{&s.payloadGet, `SELECT data FROM payloads WHERE key = ?1`},
+		{&s.poisonList, `SELECT id, queue, partition, instance_id, data, dequeue_count, reason, created_at
+			FROM poison ORDER BY created_at DESC, seq DESC LIMIT ?1`},
+		// Lets an idle poll answer without taking the write lock.
+		{&s.controlPeek, `SELECT
+			EXISTS (SELECT 1 FROM partitions WHERE idx = ?1 AND owner = ?2 AND epoch = ?3),
+			EXISTS (SELECT 1 FROM control INDEXED BY control_receive
+				WHERE partition = ?1 AND visible_at <= ?4 AND (locked_until <= ?4 OR locked_epoch <> ?3)),
+			(SELECT min(visible_at) FROM control WHERE partition = ?1 AND visible_at > ?4)`},
+		{&s.workPeek, `SELECT EXISTS (SELECT 1 FROM work INDEXED BY work_receive
+			WHERE visible_at <= ?1 AND locked_until <= ?1)`},
+		{&s.metricsControl, `SELECT partition, count(*),
+			min(CASE WHEN visible_at <= ?1 AND locked_until <= ?1 THEN visible_at END),
+			min(CASE WHEN visible_at <= ?1 AND locked_until <= ?1 THEN enqueued_at END)
+			FROM control GROUP BY partition`},
+		{&s.metricsWork, `SELECT count(*),
+			min(CASE WHEN visible_at <= ?1 AND locked_until <= ?1 THEN visible_at END),
+			min(CASE WHEN visible_at <= ?1 AND locked_until <= ?1 THEN enqueued_at END)
+			FROM work`},
+	}
+	for _, q := range list {
+		st, err := db.PrepareContext(ctx, q.query)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", q.query, err)
+		}
+		*q.dst = st
+		s.all = append(s.all, st)
+	}
+	return nil
+}
+
+func (s *readStmts) close() error {
+	var errs []error
+	for _, st := range s.all {
+		errs = append(errs, st.Close())
+	}
+	s.all = nil
+	return errors.Join(errs...)
+}
