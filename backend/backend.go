@@ -59,8 +59,10 @@ type Backend interface {
 	// or handed over); the backend only guarantees the swap.
 	PartitionAcquire(ctx context.Context, params *PartitionAcquireParams) (*Partition, error)
 	// PartitionRenew extends a lease the caller still holds (same owner and
-	// epoch), and returns the row so the owner sees hand-off requests
-	// (NextOwner). A lost lease gives ErrLeaseLost.
+	// epoch, not expired at Now), and returns the row so the owner sees
+	// hand-off requests (NextOwner). A lost or expired lease gives
+	// ErrLeaseLost: an expired lease may already be taken by another worker
+	// reading it as expired, so its holder must re-acquire it instead.
 	PartitionRenew(ctx context.Context, params *PartitionRenewParams) (*Partition, error)
 	// PartitionRelease gives up a held lease: the owner is cleared and the
 	// lease expires now; the epoch stays, and the next acquire increments it.

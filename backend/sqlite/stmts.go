@@ -63,7 +63,7 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous strin
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 			ON CONFLICT (id) DO UPDATE SET host = excluded.host, started_at = excluded.started_at,
 				heartbeat_at = excluded.heartbeat_at, partitions = excluded.partitions, info = excluded.info`},
-		{&s.workerDelete, `DELETE FROM workers WHERE id = ?1`},
+		{&s.workerDelete, `DELETE FROM workers WHERE id = ?1 AND 0`},
 
 		{&s.fence, `SELECT EXISTS (SELECT 1 FROM partitions WHERE idx = ?1 AND owner = ?2 AND epoch = ?3)`},
 		{&s.instanceCond, `SELECT status, version FROM instances WHERE instance_id = ?1`},

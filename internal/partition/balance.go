@@ -57,8 +57,9 @@ type Claim struct {
 // PartitionRelease after draining the partition's work, using the epoch it
 // holds (Release), and PartitionRequest (Request).
 type Decision struct {
-	// Acquire lists free or expired partitions that the plan gives to Self,
-	// handed-over ones (NextOwner = Self) first in the plan but sorted here.
+	// Acquire lists free partitions (never owned, released or expired) that
+	// the plan gives to Self, including those released for Self after it
+	// asked for them.
 	Acquire []Claim
 	// Release lists partitions Self owns and should drain and release:
 	// everything when Draining, else the partitions another live worker has
@@ -76,21 +77,22 @@ type Decision struct {
 // Balance decides which leases Self should take, give up or ask for.
 //
 // It computes one plan for the whole hub from the snapshot and returns Self's
-// part of it. Because the plan depends only on the snapshot (not on Self),
-// workers that read the same rows make moves that fit together: they do not
-// pick the same free partition or ask for the same busy one. Workers that read
-// at different times may still collide; the epoch compare-and-swap settles
-// that, and the rules never make a move that is unsafe if it wins.
+// part of it. Because the plan depends only on the rows and the live workers
+// (Self only picks its part), workers that read the same rows make moves
+// that fit together: they do not pick the same free partition or ask for the
+// same busy one. Workers that read at different times may still collide; the
+// epoch compare-and-swap settles that, and no rule makes a move that is
+// unsafe if it wins. An empty Self gets an empty decision.
 //
 // The rules, in order:
 //
 //  1. Live workers are Workers plus Self; W is their number, P the number of
 //     partitions. A lease counts for its owner only while unexpired.
-//  2. Targets sum to P: every live worker gets floor(P/W), and the P mod W
-//     workers that own the most (ties: smallest ID) get one more. Giving the
-//     extra partitions to those who already hold them means a balanced hub
-//     (every count in [floor, ceil]) has no worker above or below target,
-//     so it makes no moves.
+//  2. Targets sum to P: every live worker gets floor(P/W), and P mod W of
+//     them get one more: workers already holding ceil(P/W) or more first,
+//     then the smallest IDs. Giving the extra partitions to those who
+//     already hold them means a balanced hub (every count in [floor, ceil])
+//     has no worker above or below target, so it makes no moves.
 //  3. Free partitions (no owner, or lease expired) go to live workers below
 //     target: first a released partition to the worker that asked for it
 //     (NextOwner), then the rest, lowest index first, each to the worker
@@ -176,12 +178,12 @@ type transfer struct {
 
 // plan is the hub-wide assignment computed from one snapshot.
 type plan struct {
-	live   []string            // sorted, unique
-	owned  map[string][]int    // current leases by owner (live or not), ascending
-	target map[string]int      // live workers only
-	short  map[string]int      // target minus owned and assigned, when positive
-	excess map[string]int      // owned minus target, when positive
-	assign map[int]string      // free partition -> live worker that takes it
+	live   []string         // sorted, unique
+	owned  map[string][]int // current leases by owner (live or not), ascending
+	target map[string]int   // live workers only
+	short  map[string]int   // target minus owned and assigned, when positive
+	excess map[string]int   // owned minus target, when positive
+	assign map[int]string   // free partition -> live worker that takes it
 	rows   map[int]*backend.Partition
 	// transfers lists hand-offs: honoured requests first, then new ones.
 	transfers []transfer
@@ -225,16 +227,23 @@ func liveWorkers(workers []string, self string) []string {
 	return slices.Compact(live)
 }
 
-// setTargets gives each live worker floor(P/W), and one more to the P mod W
-// workers that own the most. Ranking by current ownership (rather than by ID
-// alone) is what keeps a balanced hub still: the workers already at ceil are
-// the ones entitled to it.
+// setTargets gives each live worker floor(P/W), and one more to P mod W of
+// them: first to workers that already hold ceil(P/W) or more (the only ones
+// for whom the extra partition saves a move, and the reason a balanced hub
+// stays put), then by ID. Ranking the rest by ID rather than by what they
+// hold keeps the choice fixed while a rebalance is under way: counts below
+// ceil change with every acquire, and a ranking that followed them would
+// move the extra partition from worker to worker mid-flight.
 func (p *plan) setTargets(partitions int) {
 	n := len(p.live)
 	base, extra := partitions/n, partitions%n
-	ranked := slices.Clone(p.live)
+	ceil := base
+	if extra > 0 {
+		ceil++
+	}
+	ranked := slices.Clone(p.live) // sorted by ID
 	slices.SortStableFunc(ranked, func(a, b string) int {
-		return cmp.Compare(len(p.owned[b]), len(p.owned[a])) // most owned first; IDs already sorted
+		return cmp.Compare(b2i(len(p.owned[b]) >= ceil), b2i(len(p.owned[a]) >= ceil))
 	})
 	for i, w := range ranked {
 		t := base
@@ -331,4 +340,11 @@ func (p *plan) planTransfers() {
 		p.excess[from]--
 		p.short[to]--
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

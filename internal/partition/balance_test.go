@@ -188,24 +188,25 @@ func TestBalanceRules(t *testing.T) {
 			want:    Decision{Target: 2, Owned: 3}, // c is the short one
 		},
 		{
-			name: "a released partition waits for the worker that asked", self: "c",
+			name: "a released partition waits for the worker that asked", self: "b",
 			rows: []*backend.Partition{
-				{Index: 0, Epoch: 4, LeaseExpiresAt: now, NextOwner: "b"},
+				{Index: 0, Epoch: 4, LeaseExpiresAt: now, NextOwner: "c"},
 				held(1, "a", ""), held(2, "a", ""), held(3, "a", ""), held(4, "a", ""), held(5, "a", ""),
 			},
 			workers: []string{"a", "b", "c"},
-			// b takes 0 and asks for one more; a's partitions are dealt to
-			// whoever misses the most (ties: smallest ID): c, b, c.
-			want: Decision{Request: []int{1, 3}, Target: 2},
+			// Without the request b would take 0 (same shortfall, smaller
+			// ID). c takes 0 and a's partitions are dealt to whoever
+			// misses the most (ties: smallest ID): b, b, c.
+			want: Decision{Request: []int{1, 2}, Target: 2},
 		},
 		{
-			name: "the worker that asked takes it", self: "b",
+			name: "the worker that asked takes it", self: "c",
 			rows: []*backend.Partition{
-				{Index: 0, Epoch: 4, LeaseExpiresAt: now, NextOwner: "b"},
+				{Index: 0, Epoch: 4, LeaseExpiresAt: now, NextOwner: "c"},
 				held(1, "a", ""), held(2, "a", ""), held(3, "a", ""), held(4, "a", ""), held(5, "a", ""),
 			},
 			workers: []string{"a", "b", "c"},
-			want:    Decision{Acquire: claims(0, 4), Request: []int{2}, Target: 2},
+			want:    Decision{Acquire: claims(0, 4), Request: []int{3}, Target: 2},
 		},
 		{
 			name: "free partitions first, requests only for the rest", self: "b",

@@ -2,6 +2,7 @@ package partition
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"time"
 )
 
+var scriptTrace = flag.Bool("script.trace", false, "log every backend call the scenario scripts make")
+
 // TestScripts runs the lease scenarios in testdata/*.txt through the
 // simulator. The invariants (no two workers holding one partition, beliefs
 // matching rows, decisions legal for what was read) are checked after every
@@ -19,16 +22,19 @@ import (
 //
 // Script commands, one per line, "#" starts a comment:
 //
+//	reset                     start over with a new hub (several scenarios in a file)
 //	partitions N              create the Partitions table (before any join)
 //	lease D | interval D      lease duration, round length (default 30s, 10s)
 //	heartbeat-ttl D           registry rows older than D are not live (30s)
 //	mode sequential|snapshot|stale
-//	join W...                 start workers (registered at once)
+//	join W...                 start workers (registered at once); an ID may
+//	                          come back only after a graceful leave
 //	leave W...                graceful: unregister, release everything, stop
 //	crash W...                stop without releasing
 //	pause W... | resume W...  freeze and thaw (a zombie that comes back)
 //	run N                     run N rounds
 //	settle N                  run until balanced, failing after N rounds
+//	mark                      zero the counters
 //	print                     log the table
 //	check balanced            every partition held by a running worker, each
 //	                          running worker within [floor(P/W), ceil(P/W)]
@@ -38,9 +44,11 @@ import (
 //	check owner-count W N     W holds exactly N partitions
 //	check counts W=N...       exact counts, every holder listed
 //	check idle W...           the workers hold nothing
-//	check quiet               no acquire, release or request since the last run/settle began
-//	check COUNTER OP N        COUNTER: acquires conflicts releases requests rounds
-//	                          (since the last run/settle began); OP: = < <= > >=
+//	check free N              exactly N partitions have no current lease
+//	check quiet               no acquire, release, request or lost CAS since mark
+//	check COUNTER OP N        COUNTER since mark: acquires conflicts releases
+//	                          requests overrides (a request replacing
+//	                          another's) rounds; OP: = < <= > >=
 func TestScripts(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
 	if err != nil {
@@ -67,6 +75,9 @@ func runScript(t *testing.T, path string) {
 		t.Helper()
 		t.Fatalf("%s: %s", where, fmt.Sprintf(format, args...))
 	})
+	if *scriptTrace {
+		s.trace = t.Logf
+	}
 	sc := bufio.NewScanner(file)
 	for line := 1; sc.Scan(); line++ {
 		text, _, _ := strings.Cut(sc.Text(), "#")
@@ -89,15 +100,19 @@ func runScript(t *testing.T, path string) {
 
 // exec runs one script command.
 func (s *sim) exec(f []string) error {
+	trace := s.trace
 	cmd, args := f[0], f[1:]
 	switch cmd {
-	case "partitions", "lease", "interval", "heartbeat-ttl", "mode":
+	case "partitions", "lease", "interval", "heartbeat-ttl", "mode", "reset":
 	default:
 		if s.rows == nil {
 			return fmt.Errorf("%s before partitions", cmd)
 		}
 	}
 	switch cmd {
+	case "reset":
+		*s = *newSim(s.fail)
+		s.trace = trace
 	case "partitions":
 		n, err := intArg(args, 0)
 		if err != nil {
@@ -144,7 +159,6 @@ func (s *sim) exec(f []string) error {
 		if err != nil {
 			return err
 		}
-		s.stats = stats{}
 		for range n {
 			s.step()
 		}
@@ -153,17 +167,18 @@ func (s *sim) exec(f []string) error {
 		if err != nil {
 			return err
 		}
-		s.stats = stats{}
-		for {
+		for i := 0; ; i++ {
 			ok, why := s.balanced()
 			if ok {
 				break
 			}
-			if s.stats.rounds == n {
+			if i == n {
 				return fmt.Errorf("not balanced after %d rounds: %s", n, why)
 			}
 			s.step()
 		}
+	case "mark":
+		s.stats = stats{}
 	case "print":
 	case "check":
 		if len(args) == 0 {
@@ -230,6 +245,20 @@ func (s *sim) check(what string, args []string) error {
 				return fmt.Errorf("%s holds %d, not listed (%s)", id, got[id], s.describe())
 			}
 		}
+	case "free":
+		n, err := intArg(args, 0)
+		if err != nil {
+			return err
+		}
+		free := 0
+		for _, row := range s.rows {
+			if holder(row, s.now) == "" {
+				free++
+			}
+		}
+		if free != n {
+			return fmt.Errorf("%d partitions free, want %d (%s)", free, n, s.describe())
+		}
 	case "idle":
 		c := s.counts()
 		for _, id := range args {
@@ -239,9 +268,9 @@ func (s *sim) check(what string, args []string) error {
 		}
 	case "quiet":
 		if st := s.stats; st.acquires+st.releases+st.requests+st.conflicts != 0 {
-			return fmt.Errorf("moves in a balanced hub: %+v (%s)", st, s.describe())
+			return fmt.Errorf("moves since mark: %+v (%s)", st, s.describe())
 		}
-	case "acquires", "conflicts", "releases", "requests", "rounds":
+	case "acquires", "conflicts", "releases", "requests", "overrides", "rounds":
 		if len(args) != 2 {
 			return fmt.Errorf("want: check %s OP N", what)
 		}
@@ -250,7 +279,8 @@ func (s *sim) check(what string, args []string) error {
 			return err
 		}
 		got := map[string]int{"acquires": s.stats.acquires, "conflicts": s.stats.conflicts,
-			"releases": s.stats.releases, "requests": s.stats.requests, "rounds": s.stats.rounds}[what]
+			"releases": s.stats.releases, "requests": s.stats.requests, "overrides": s.stats.overrides,
+			"rounds": s.stats.rounds}[what]
 		ok, err := compare(got, args[0], n)
 		if err != nil {
 			return err
