@@ -105,13 +105,14 @@ type ScheduleOption func(*scheduleOptions)
 
 type scheduleOptions struct {
 	id      string
+	idSet   bool
 	startAt time.Time
 	reuse   ReusePolicy
 }
 
 // WithStartInstanceID sets the new instance's ID (default: a random UUID).
 func WithStartInstanceID(id string) ScheduleOption {
-	return func(o *scheduleOptions) { o.id = id }
+	return func(o *scheduleOptions) { o.id, o.idSet = id, true }
 }
 
 // WithStartTime delays the start to t (a scheduled start).
@@ -133,7 +134,7 @@ func (c *Client) ScheduleNewOrchestration(ctx context.Context, name string, inpu
 	for _, f := range opts {
 		f(&o)
 	}
-	if o.id == "" {
+	if !o.idSet {
 		o.id = uuid.NewString()
 	}
 	if err := ValidateInstanceID(o.id); err != nil {

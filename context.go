@@ -135,7 +135,7 @@ func (c *OrchestrationContext) CallActivity(name string, input any, opts ...Call
 	}
 	b, err := marshalInput("activity "+name, input)
 	if err != nil {
-		return failedTask{err}
+		return failedTask(err)
 	}
 	return Task{c: c, f: c.rt.CallActivity(name, b, orchestration.ActivityOptions{Retry: o.retry.internal(), Timeout: o.timeout})}
 }
@@ -149,7 +149,7 @@ func (c *OrchestrationContext) CallSubOrchestrator(name string, input any, opts 
 	}
 	b, err := marshalInput("sub-orchestration "+name, input)
 	if err != nil {
-		return failedTask{err}
+		return failedTask(err)
 	}
 	return Task{c: c, f: c.rt.CallSubOrchestrator(name, o.instanceID, b, orchestration.SubOrchestratorOptions{Retry: o.retry.internal()})}
 }
@@ -202,7 +202,7 @@ func (c *OrchestrationContext) ContinueAsNew(input any, keepUnprocessedEvents bo
 func (c *OrchestrationContext) WhenAll(tasks ...Task) Task {
 	fs, err := futures(tasks)
 	if err != nil {
-		return failedTask{err}
+		return failedTask(err)
 	}
 	return Task{c: c, f: c.rt.WhenAll(fs...)}
 }
@@ -212,7 +212,7 @@ func (c *OrchestrationContext) WhenAll(tasks ...Task) Task {
 func (c *OrchestrationContext) WhenAny(tasks ...Task) Task {
 	fs, err := futures(tasks)
 	if err != nil {
-		return failedTask{err}
+		return failedTask(err)
 	}
 	return Task{c: c, f: c.rt.WhenAny(fs...), any: true}
 }

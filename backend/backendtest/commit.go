@@ -147,7 +147,11 @@ func testCommitRefused(t *testing.T, b backend.Backend) {
 				}},
 			}
 			before1, after1 := fmt.Sprintf("before-%d", i), fmt.Sprintf("after-%d", i)
-			errs := commit(t, b, okUnit(before1), &refused, okUnit(after1))
+			// The unit before holds a fence on the same partition, so a
+			// backend cannot reuse its fence check for the refused unit.
+			good := okUnit(before1)
+			good.Fence = &f0
+			errs := commit(t, b, good, &refused, okUnit(after1))
 			if errs[0] != nil || errs[2] != nil {
 				t.Fatalf("the units around the refused one were refused: %v, %v", errs[0], errs[2])
 			}
@@ -275,6 +279,42 @@ func testCommitInstanceRoundTrip(t *testing.T, b backend.Backend) {
 	if !got.CompletedAt.IsZero() || !got.ScheduledStartAt.IsZero() {
 		t.Errorf("zero times came back as CompletedAt %v, ScheduledStartAt %v", got.CompletedAt, got.ScheduledStartAt)
 	}
+
+	// The common case: a step keeps name and creation time and changes the
+	// rest.
+	step := *full
+	step.Name, step.CreatedAt = sparse.Name, sparse.CreatedAt
+	step.UpdatedAt, step.CompletedAt = sec(20), sec(21)
+	mustCommit(t, b, &backend.Commit{Now: sec(20), Writes: backend.Writes{InstanceUpsert: &step}})
+	wantInstance(t, b, &step)
+}
+
+// testCommitInstanceKeepVersion checks upserts with Version -1, which keep
+// the stored version (0 for a new row).
+func testCommitInstanceKeepVersion(t *testing.T, b backend.Backend) {
+	createHub(t, b, 1)
+	upsert := func(in *backend.Instance) {
+		t.Helper()
+		mustCommit(t, b, &backend.Commit{Now: in.UpdatedAt, Writes: backend.Writes{InstanceUpsert: in}})
+	}
+	fresh := instance("fresh", -1)
+	upsert(fresh)
+	fresh.Version = 0
+	wantInstance(t, b, fresh)
+
+	upsert(instance("i", 7))
+	// Same name and creation time, new status and input.
+	restart := instance("i", -1)
+	restart.Status, restart.Input, restart.UpdatedAt = backend.StatusPending, []byte(`"again"`), sec(30)
+	upsert(restart)
+	restart.Version = 7
+	wantInstance(t, b, restart)
+	// Everything else new too.
+	renamed := instance("i", -1)
+	renamed.Name, renamed.CreatedAt, renamed.UpdatedAt = "Renamed", sec(40), sec(40)
+	upsert(renamed)
+	renamed.Version = 7
+	wantInstance(t, b, renamed)
 }
 
 func testCommitHistory(t *testing.T, b backend.Backend) {

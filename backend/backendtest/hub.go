@@ -225,6 +225,34 @@ func testPartitionLease(t *testing.T, b backend.Backend) {
 	}
 }
 
+// testPartitionRenewExpired checks that a lease is not renewed once it has
+// expired: another worker may already be taking it over.
+func testPartitionRenewExpired(t *testing.T, b backend.Backend) {
+	ctx := t.Context()
+	createHub(t, b, 1)
+	p, err := b.PartitionAcquire(ctx, &backend.PartitionAcquireParams{Partition: 0, Owner: "A", Duration: 30 * time.Second, Now: t0})
+	if err != nil {
+		t.Fatalf("acquire: %v", err)
+	}
+	_, err = b.PartitionRenew(ctx, &backend.PartitionRenewParams{Partition: 0, Owner: "A", Epoch: p.Epoch, Duration: 30 * time.Second, Now: sec(31)})
+	wantErr(t, "renew after the lease expired", err, backend.ErrLeaseLost)
+	parts, err := b.PartitionList(ctx)
+	if err != nil {
+		t.Fatalf("PartitionList: %v", err)
+	}
+	if got := parts[0]; got.Owner != "A" || got.Epoch != p.Epoch || !got.LeaseExpiresAt.Equal(sec(30)) {
+		t.Errorf("refused renew changed the row: %+v", *got)
+	}
+	// The holder takes it back the way anyone would: by acquiring.
+	p, err = b.PartitionAcquire(ctx, &backend.PartitionAcquireParams{Partition: 0, Owner: "A", ExpectEpoch: p.Epoch, Duration: 30 * time.Second, Now: sec(32)})
+	if err != nil {
+		t.Fatalf("re-acquire after expiry: %v", err)
+	}
+	if _, err := b.PartitionRenew(ctx, &backend.PartitionRenewParams{Partition: 0, Owner: "A", Epoch: p.Epoch, Duration: 30 * time.Second, Now: sec(40)}); err != nil {
+		t.Fatalf("renew of the re-acquired lease: %v", err)
+	}
+}
+
 func testWorkers(t *testing.T, b backend.Backend) {
 	ctx := t.Context()
 	w1 := &backend.Worker{ID: "w1", Host: "host-1", StartedAt: t0, HeartbeatAt: t0, Partitions: []int{0, 2}, Info: []byte(`{"cpu":1}`)}

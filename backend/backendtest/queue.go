@@ -2,6 +2,8 @@ package backendtest
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -19,11 +21,12 @@ func testControlReceiveOrder(t *testing.T, b backend.Backend) {
 
 	res := receive(t, b, f0, 3, sec(1), time.Minute)
 	wantMsgs(t, "first receive of partition 0 (Max 3)", res.Messages, 1, 2, 3)
-	for _, m := range res.Messages {
-		n := int(m.ID[len(m.ID)-1] - '0')
-		if m.Partition != 0 || m.InstanceID != "i"+string(m.ID[len(m.ID)-1]) || !bytes.Equal(m.Data, msgData(n)) || m.DequeueCount != 1 {
+	for i, m := range res.Messages {
+		n := i + 1
+		want := msg(n, 0, fmt.Sprintf("i%d", n))
+		if m.Partition != 0 || m.InstanceID != want.InstanceID || !bytes.Equal(m.Data, want.Data) || m.DequeueCount != 1 {
 			t.Errorf("message %s = {Partition %d, InstanceID %q, Data %q, DequeueCount %d}, want {0, %q, %q, 1}",
-				m.ID, m.Partition, m.InstanceID, m.Data, m.DequeueCount, "i"+string(m.ID[len(m.ID)-1]), msgData(n))
+				m.ID, m.Partition, m.InstanceID, m.Data, m.DequeueCount, want.InstanceID, want.Data)
 		}
 		wantTime(t, "EnqueuedAt of "+m.ID, m.EnqueuedAt, t0)
 	}
@@ -252,5 +255,25 @@ func testWorkItemComplete(t *testing.T, b backend.Backend) {
 	}
 	wantMsgs(t, "the completion's control message", receive(t, b, f, 10, sec(1), time.Minute).Messages, 10)
 	// Past every lock, only the uncompleted item comes back.
-	wantItems(t, "receive after the locks expired", receiveWork(t, b, "A", 10, sec(3600), time.Minute), 2)
+	again := receiveWork(t, b, "B", 10, sec(3600), time.Minute)
+	wantItems(t, "receive after the locks expired", again, 2)
+
+	// A's token for it is stale now: A's completion is refused whole.
+	errs := commit(t, b, &backend.Commit{
+		WorkItem: &backend.WorkItemLock{ID: items[1].ID, LockToken: items[1].LockToken},
+		Now:      sec(3601),
+		Writes: backend.Writes{
+			InstanceUpsert: instance("i1", 1),
+			ControlSend:    []*backend.NewMessage{msg(11, 0, "i1")},
+		},
+	})
+	wantErr(t, "completion with a stale lock token", errs[0], backend.ErrLockLost)
+	if _, err := b.InstanceGet(t.Context(), "i1"); !errors.Is(err, backend.ErrInstanceNotFound) {
+		t.Errorf("the refused completion wrote its instance row: InstanceGet = %v", err)
+	}
+	// Message 10 of the first completion is still queued; 11 must not be.
+	if l := lengths(metrics(t, b, sec(3601))); l[0] != 1 || l[1] != 1 {
+		t.Errorf("queue lengths after the refused completion = %v, want [1 1]", l)
+	}
+	mustCommit(t, b, &backend.Commit{WorkItem: &backend.WorkItemLock{ID: again[0].ID, LockToken: again[0].LockToken}, Now: sec(3602)})
 }

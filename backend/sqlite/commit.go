@@ -74,14 +74,17 @@ func (bc *batchCommit) check(c *backend.Commit) (refused, err error) {
 		}
 	}
 
+	// Instance and Create usually name the same instance: one read serves
+	// both.
 	var (
-		readID  string // the instance row read for this unit, if any
+		readID  string
+		read    bool
 		status  backend.Status
 		version int64
 		found   bool
 	)
 	if ic := c.Instance; ic != nil {
-		readID = ic.InstanceID
+		readID, read = ic.InstanceID, true
 		if status, version, found, err = bc.instanceRow(readID); err != nil {
 			return nil, err
 		}
@@ -91,7 +94,7 @@ func (bc *batchCommit) check(c *backend.Commit) (refused, err error) {
 		}
 	}
 	if cc := c.Create; cc != nil && len(cc.RefuseStatuses) > 0 {
-		if readID != cc.InstanceID || c.Instance == nil {
+		if !read || readID != cc.InstanceID {
 			if status, _, found, err = bc.instanceRow(cc.InstanceID); err != nil {
 				return nil, err
 			}
@@ -176,13 +179,20 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 	}
 
 	if in := w.InstanceUpsert; in != nil {
-		_, err := ws.instanceUpsert.ExecContext(ctx,
+		args := []any{
 			in.InstanceID, in.Name, in.ExecutionID, string(in.Status),
 			in.Input, in.Output, in.CustomStatus, in.Failure,
 			ns(in.CreatedAt), ns(in.UpdatedAt), ns(in.CompletedAt), ns(in.ScheduledStartAt),
-			in.ParentInstanceID, in.Version)
+			in.ParentInstanceID, in.Version,
+		}
+		res, err := ws.instanceUpdate.ExecContext(ctx, args...)
 		if err != nil {
 			return fmt.Errorf("write instance %q: %w", in.InstanceID, err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if _, err := ws.instanceUpsert.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("write instance %q: %w", in.InstanceID, err)
+			}
 		}
 	}
 

@@ -172,10 +172,10 @@ func (b *Backend) PartitionRenew(ctx context.Context, params *backend.PartitionR
 	var next string
 	err := b.write(ctx, true, func(ctx context.Context) error {
 		err := b.ws.partitionRenew.QueryRowContext(ctx,
-			expires, int64(params.Partition), params.Owner, params.Epoch).Scan(&next)
+			expires, int64(params.Partition), params.Owner, params.Epoch, ns(params.Now)).Scan(&next)
 		if errors.Is(err, sql.ErrNoRows) {
 			return b.partitionMiss(ctx, params.Partition, backend.ErrLeaseLost,
-				"renew by %q at epoch %d", params.Owner, params.Epoch)
+				"renew by %q at epoch %d at %v", params.Owner, params.Epoch, params.Now)
 		}
 		return err
 	})
@@ -223,10 +223,14 @@ func (b *Backend) PartitionRequest(ctx context.Context, params *backend.Partitio
 
 // partitionMiss explains why a conditional partition update matched no row:
 // the partition does not exist (or the hub does not), or the condition
-// failed, reported as cause.
+// failed, reported as cause with the row's state.
 func (b *Backend) partitionMiss(ctx context.Context, p int, cause error, format string, args ...any) error {
-	var epoch int64
-	err := b.ws.partitionEpoch.QueryRowContext(ctx, int64(p)).Scan(&epoch)
+	var (
+		owner   string
+		epoch   int64
+		expires int64
+	)
+	err := b.ws.partitionRow.QueryRowContext(ctx, int64(p)).Scan(&owner, &epoch, &expires)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		if _, herr := scanHub(b.ws.hubSelect.QueryRowContext(ctx)); errors.Is(herr, sql.ErrNoRows) {
@@ -238,7 +242,8 @@ func (b *Backend) partitionMiss(ctx context.Context, p int, cause error, format 
 	case cause == nil:
 		return fmt.Errorf("sqlite: partition %d: update matched no row", p)
 	}
-	return fmt.Errorf("sqlite: partition %d (epoch %d): %s: %w", p, epoch, fmt.Sprintf(format, args...), cause)
+	return fmt.Errorf("sqlite: partition %d (owner %q, epoch %d, lease expires %v): %s: %w",
+		p, owner, epoch, at(expires), fmt.Sprintf(format, args...), cause)
 }
 
 // WorkerHeartbeat implements backend.Backend.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -200,7 +201,7 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 			case !backend.Status(status).Finished():
 				return fmt.Errorf("sqlite: purge %q: status is %s: %w", params.InstanceID, status, backend.ErrInstanceNotFinished)
 			}
-			return b.purgeOne(ctx, params.InstanceID)
+			return b.purge(ctx, []string{params.InstanceID})
 		})
 		if err != nil {
 			return 0, err
@@ -253,10 +254,11 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("sqlite: purge: select instances: %w", err)
 		}
-		for _, id := range ids {
-			if err := b.purgeOne(ctx, id); err != nil {
-				return err
-			}
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := b.purge(ctx, ids); err != nil {
+			return err
 		}
 		purged = len(ids)
 		return nil
@@ -267,12 +269,30 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 	return purged, nil
 }
 
-// purgeOne deletes everything stored for an instance, inside a write
+// purge deletes everything stored for the instances, inside a write
 // transaction. Poison records stay: they are the record of what went wrong.
-func (b *Backend) purgeOne(ctx context.Context, id string) error {
-	for _, st := range []*sql.Stmt{b.ws.instanceDelete, b.ws.historyReset, b.ws.payloadPurge, b.ws.controlPurge, b.ws.workPurge} {
-		if _, err := st.ExecContext(ctx, id); err != nil {
-			return fmt.Errorf("sqlite: purge %q: %w", id, err)
+func (b *Backend) purge(ctx context.Context, ids []string) error {
+	for _, id := range ids {
+		for _, st := range []*sql.Stmt{b.ws.instanceDelete, b.ws.historyReset, b.ws.payloadPurge} {
+			if _, err := st.ExecContext(ctx, id); err != nil {
+				return fmt.Errorf("sqlite: purge %q: %w", id, err)
+			}
+		}
+	}
+	var list strings.Builder
+	list.WriteByte('[')
+	for i, id := range ids {
+		if i > 0 {
+			list.WriteByte(',')
+		}
+		list.WriteByte('"')
+		list.WriteString(hex.EncodeToString([]byte(id)))
+		list.WriteByte('"')
+	}
+	list.WriteByte(']')
+	for _, st := range []*sql.Stmt{b.ws.controlPurge, b.ws.workPurge} {
+		if _, err := st.ExecContext(ctx, list.String()); err != nil {
+			return fmt.Errorf("sqlite: purge messages: %w", err)
 		}
 	}
 	return nil

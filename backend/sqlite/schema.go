@@ -82,7 +82,6 @@ var schemaV1 = []string{
 	`CREATE INDEX control_receive ON control (partition, id, visible_at, locked_until, locked_epoch)`,
 	// Finds the next delayed message (durable timers) without a scan.
 	`CREATE INDEX control_delayed ON control (partition, visible_at)`,
-	`CREATE INDEX control_instance ON control (instance_id)`,
 	`CREATE TABLE work (
 		id            TEXT PRIMARY KEY,
 		instance_id   TEXT NOT NULL,
@@ -94,7 +93,6 @@ var schemaV1 = []string{
 		locked_until  INTEGER NOT NULL DEFAULT 0
 	)`,
 	`CREATE INDEX work_receive ON work (id, visible_at, locked_until)`,
-	`CREATE INDEX work_instance ON work (instance_id)`,
 	`CREATE TABLE payloads (
 		key         TEXT PRIMARY KEY,
 		instance_id TEXT NOT NULL,

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -327,5 +329,159 @@ func TestPrefixEnd(t *testing.T) {
 		if got != tc.want || ok != tc.ok {
 			t.Errorf("prefixEnd(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+// TestCloseCheckpoints checks that closing the only Backend on a file folds
+// the log into the file, so the file alone holds the hub.
+func TestCloseCheckpoints(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hub.db")
+	b, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.HubCreate(t.Context(), &backend.HubCreateParams{PartitionCount: 1, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-wal"); err != nil {
+		t.Fatalf("no write-ahead log while open: %v", err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("write-ahead log still there after Close: %v", err)
+	}
+}
+
+// syncLevelNow reads the write connection's synchronous setting.
+func syncLevelNow(t *testing.T, b *Backend) int {
+	t.Helper()
+	b.wlock <- struct{}{}
+	defer func() { <-b.wlock }()
+	var n int
+	if err := b.wconn.QueryRowContext(t.Context(), `PRAGMA synchronous`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSyncLevels checks that durable commits run at Options.Synchronous and
+// lock bookkeeping at NORMAL (SQLite numbers them OFF 0, NORMAL 1, FULL 2,
+// EXTRA 3).
+func TestSyncLevels(t *testing.T) {
+	for _, tc := range []struct {
+		sync                 string
+		durable, bookkeeping int
+	}{
+		{"FULL", 2, 1},
+		{"EXTRA", 3, 1},
+		{"NORMAL", 1, 1},
+		{"OFF", 0, 0},
+	} {
+		t.Run(tc.sync, func(t *testing.T) {
+			ctx := t.Context()
+			b := openTemp(t, "", Options{Synchronous: tc.sync})
+			if _, err := b.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 1, Now: t0}); err != nil {
+				t.Fatal(err)
+			}
+			p, err := b.PartitionAcquire(ctx, &backend.PartitionAcquireParams{Partition: 0, Owner: "w", Duration: time.Hour, Now: t0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := backend.Fence{Partition: 0, Owner: "w", Epoch: p.Epoch}
+			for round := range 2 {
+				errs, err := b.CommitBatch(ctx, []*backend.Commit{{Now: t0, Writes: backend.Writes{
+					ControlSend: []*backend.NewMessage{{ID: fmt.Sprint(round), InstanceID: "i"}},
+				}}})
+				if err != nil || errs[0] != nil {
+					t.Fatal(err, errs)
+				}
+				if got := syncLevelNow(t, b); got != tc.durable {
+					t.Errorf("round %d: synchronous after CommitBatch = %d, want %d", round, got, tc.durable)
+				}
+				res, err := b.ControlReceive(ctx, &backend.ControlReceiveParams{Fence: f, Max: 1, LockDuration: time.Hour, Now: t0})
+				if err != nil || len(res.Messages) != 1 {
+					t.Fatal(err, res)
+				}
+				if got := syncLevelNow(t, b); got != tc.bookkeeping {
+					t.Errorf("round %d: synchronous after ControlReceive = %d, want %d", round, got, tc.bookkeeping)
+				}
+			}
+		})
+	}
+}
+
+// TestPurgeOddIDs purges instances whose IDs are not plain text, to check
+// that their messages go too.
+func TestPurgeOddIDs(t *testing.T) {
+	ctx := t.Context()
+	b := openTemp(t, "", Options{})
+	if _, err := b.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 1, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{`quote"and\back`, "bad-utf8-\xff\xfe", "ünïcødé", "keep"}
+	var units []*backend.Commit
+	for i, id := range ids {
+		status := backend.StatusCompleted
+		if id == "keep" {
+			status = backend.StatusRunning
+		}
+		units = append(units, &backend.Commit{Now: t0, Writes: backend.Writes{
+			InstanceUpsert: &backend.Instance{InstanceID: id, Status: status, CreatedAt: t0},
+			ControlSend:    []*backend.NewMessage{{ID: fmt.Sprintf("c%d", i), InstanceID: id}},
+			WorkSend:       []*backend.NewMessage{{ID: fmt.Sprintf("w%d", i), InstanceID: id}},
+		}})
+	}
+	if errs, err := b.CommitBatch(ctx, units); err != nil || slices.ContainsFunc(errs, func(e error) bool { return e != nil }) {
+		t.Fatal(err, errs)
+	}
+	n, err := b.InstancePurge(ctx, &backend.InstancePurgeParams{InstanceID: ids[0]})
+	if err != nil || n != 1 {
+		t.Fatalf("purge by ID = %d, %v", n, err)
+	}
+	n, err = b.InstancePurge(ctx, &backend.InstancePurgeParams{Filter: backend.InstanceFilter{CreatedTo: t0.Add(time.Second)}, Limit: 2})
+	if err != nil || n != 2 {
+		t.Fatalf("purge by filter = %d, %v", n, err)
+	}
+	m, err := b.QueueMetrics(ctx, &backend.QueueMetricsParams{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Control[0].Length != 1 || m.Work.Length != 1 {
+		t.Errorf("queue lengths after purging 3 of 4 instances = %d, %d; want 1, 1", m.Control[0].Length, m.Work.Length)
+	}
+	items, err := b.WorkItemReceive(ctx, &backend.WorkItemReceiveParams{Max: 10, LockDuration: time.Hour, Now: t0})
+	if err != nil || len(items) != 1 || items[0].InstanceID != "keep" {
+		t.Errorf("work items left: %+v, %v; want the one of instance keep", items, err)
+	}
+}
+
+// TestPanicInBatchRollsBack checks that a batch that panics (here on a nil
+// message) leaves the backend usable and writes nothing.
+func TestPanicInBatchRollsBack(t *testing.T) {
+	ctx := t.Context()
+	b := openTemp(t, "", Options{})
+	if _, err := b.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 1, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("CommitBatch with a nil message did not panic")
+			}
+		}()
+		_, _ = b.CommitBatch(ctx, []*backend.Commit{{Now: t0, Writes: backend.Writes{
+			InstanceUpsert: &backend.Instance{InstanceID: "i", Status: backend.StatusRunning},
+			WorkSend:       []*backend.NewMessage{nil},
+		}}})
+	}()
+	if _, err := b.InstanceGet(ctx, "i"); !errors.Is(err, backend.ErrInstanceNotFound) {
+		t.Errorf("InstanceGet after the panicking batch: got %v, want ErrInstanceNotFound", err)
+	}
+	if errs, err := b.CommitBatch(ctx, []*backend.Commit{{Now: t0, Writes: backend.Writes{
+		InstanceUpsert: &backend.Instance{InstanceID: "j", Status: backend.StatusRunning},
+	}}}); err != nil || errs[0] != nil {
+		t.Fatalf("CommitBatch after the panicking batch: %v %v", err, errs)
 	}
 }

@@ -17,18 +17,17 @@ const instanceCols = `instance_id, name, execution_id, status, input, output, cu
 // writeStmts run on the write connection, inside write transactions.
 type writeStmts struct {
 	begin, commit, rollback *sql.Stmt
-	syncLow, syncHigh       *sql.Stmt
 
 	hubSelect, hubInsert, partitionInsert                                *sql.Stmt
 	partitionAcquire, partitionRenew, partitionRelease, partitionRequest *sql.Stmt
-	partitionEpoch                                                       *sql.Stmt
+	partitionRow                                                         *sql.Stmt
 	workerUpsert, workerDelete                                           *sql.Stmt
 
-	fence, instanceCond, workComplete                     *sql.Stmt
-	payloadPut, historyReset, historyInsert               *sql.Stmt
-	instanceUpsert, controlInsert, workInsert             *sql.Stmt
-	controlDelete, poisonInsert                           *sql.Stmt
-	instanceDelete, payloadPurge, controlPurge, workPurge *sql.Stmt
+	fence, instanceCond, workComplete                         *sql.Stmt
+	payloadPut, historyReset, historyInsert                   *sql.Stmt
+	instanceUpdate, instanceUpsert, controlInsert, workInsert *sql.Stmt
+	controlDelete, poisonInsert                               *sql.Stmt
+	instanceDelete, payloadPurge, controlPurge, workPurge     *sql.Stmt
 
 	controlReceive, controlNextVisible, controlRenew, controlAbandon *sql.Stmt
 	workReceive, workRenew, workAbandon                              *sql.Stmt
@@ -36,7 +35,7 @@ type writeStmts struct {
 	all []*sql.Stmt
 }
 
-func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous string) error {
+func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn) error {
 	list := []struct {
 		dst   **sql.Stmt
 		query string
@@ -44,26 +43,25 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous strin
 		{&s.begin, `BEGIN IMMEDIATE`},
 		{&s.commit, `COMMIT`},
 		{&s.rollback, `ROLLBACK`},
-		{&s.syncLow, `PRAGMA synchronous = NORMAL`},
-		// synchronous was validated against a fixed list of keywords.
-		{&s.syncHigh, `PRAGMA synchronous = ` + synchronous},
 
 		{&s.hubSelect, `SELECT name, partition_count, created_at, settings FROM hub`},
 		{&s.hubInsert, `INSERT INTO hub (name, partition_count, created_at) VALUES (?1, ?2, ?3)`},
 		{&s.partitionInsert, `INSERT INTO partitions (idx) VALUES (?1)`},
 		{&s.partitionAcquire, `UPDATE partitions SET owner = ?1, epoch = epoch + 1, lease_expires_at = ?2, next_owner = ''
 			WHERE idx = ?3 AND epoch = ?4 RETURNING epoch`},
+		// An expired lease is not renewed: another worker may already have
+		// read it as expired and be taking it over.
 		{&s.partitionRenew, `UPDATE partitions SET lease_expires_at = ?1
-			WHERE idx = ?2 AND owner = ?3 AND epoch = ?4 RETURNING next_owner`},
+			WHERE idx = ?2 AND owner = ?3 AND epoch = ?4 AND lease_expires_at > ?5 RETURNING next_owner`},
 		{&s.partitionRelease, `UPDATE partitions SET owner = '', lease_expires_at = ?1
 			WHERE idx = ?2 AND owner = ?3 AND epoch = ?4`},
 		{&s.partitionRequest, `UPDATE partitions SET next_owner = ?1 WHERE idx = ?2`},
-		{&s.partitionEpoch, `SELECT epoch FROM partitions WHERE idx = ?1`},
+		{&s.partitionRow, `SELECT owner, epoch, lease_expires_at FROM partitions WHERE idx = ?1`},
 		{&s.workerUpsert, `INSERT INTO workers (id, host, started_at, heartbeat_at, partitions, info)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 			ON CONFLICT (id) DO UPDATE SET host = excluded.host, started_at = excluded.started_at,
 				heartbeat_at = excluded.heartbeat_at, partitions = excluded.partitions, info = excluded.info`},
-		{&s.workerDelete, `DELETE FROM workers WHERE id = ?1 AND 0`},
+		{&s.workerDelete, `DELETE FROM workers WHERE id = ?1`},
 
 		{&s.fence, `SELECT EXISTS (SELECT 1 FROM partitions WHERE idx = ?1 AND owner = ?2 AND epoch = ?3)`},
 		{&s.instanceCond, `SELECT status, version FROM instances WHERE instance_id = ?1`},
@@ -72,14 +70,25 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous strin
 			ON CONFLICT (key) DO UPDATE SET instance_id = excluded.instance_id, data = excluded.data`},
 		{&s.historyReset, `DELETE FROM history WHERE instance_id = ?1`},
 		{&s.historyInsert, `INSERT INTO history (instance_id, seq, execution_id, data) VALUES (?1, ?2, ?3, ?4)`},
+		// Version -1 keeps the stored version (0 for a new row), for
+		// clients that rewrite a row without touching its history.
+		//
+		// Most upserts are steps of an existing instance: this update leaves
+		// name and created_at, and so their indexes, alone. When it matches
+		// no row, instanceUpsert writes every column.
+		{&s.instanceUpdate, `UPDATE instances SET execution_id = ?3, status = ?4, input = ?5, output = ?6,
+			custom_status = ?7, failure = ?8, updated_at = ?10, completed_at = ?11, scheduled_start_at = ?12,
+			parent_instance_id = ?13, version = CASE WHEN ?14 < 0 THEN version ELSE ?14 END
+			WHERE instance_id = ?1 AND name = ?2 AND created_at = ?9`},
 		{&s.instanceUpsert, `INSERT INTO instances (` + instanceCols + `)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, max(?14, 0))
 			ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, execution_id = excluded.execution_id,
 				status = excluded.status, input = excluded.input, output = excluded.output,
 				custom_status = excluded.custom_status, failure = excluded.failure,
 				created_at = excluded.created_at, updated_at = excluded.updated_at,
 				completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at,
-				parent_instance_id = excluded.parent_instance_id, version = excluded.version`},
+				parent_instance_id = excluded.parent_instance_id,
+				version = CASE WHEN ?14 < 0 THEN instances.version ELSE ?14 END`},
 		{&s.controlInsert, `INSERT INTO control (id, partition, instance_id, data, enqueued_at, visible_at)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6)`},
 		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at)
@@ -89,8 +98,14 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn, synchronous strin
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
 		{&s.instanceDelete, `DELETE FROM instances WHERE instance_id = ?1`},
 		{&s.payloadPurge, `DELETE FROM payloads WHERE instance_id = ?1`},
-		{&s.controlPurge, `DELETE FROM control WHERE instance_id = ?1`},
-		{&s.workPurge, `DELETE FROM work WHERE instance_id = ?1`},
+		// The queues have no instance_id index: it would cost every send
+		// and delete, while purges are rare. A purge deletes the messages
+		// of all its instances in one scan. ?1 is a JSON array of the IDs in
+		// hex, so that any byte string survives the trip through JSON.
+		{&s.controlPurge, `DELETE FROM control WHERE instance_id IN
+			(SELECT CAST(unhex(value) AS TEXT) FROM json_each(?1))`},
+		{&s.workPurge, `DELETE FROM work WHERE instance_id IN
+			(SELECT CAST(unhex(value) AS TEXT) FROM json_each(?1))`},
 
 		// A message is visible when its time has come and no lock of the
 		// caller's epoch holds it: locks of older epochs are void.

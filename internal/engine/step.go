@@ -87,6 +87,9 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 		}
 	}
 	before := c.in.Version()
+	if !fromCache {
+		before = int64(len(past)) // the fresh instance has not seen its history yet
+	}
 	res, err := c.in.Step(past, msgs, start)
 	if err != nil {
 		c.Close()

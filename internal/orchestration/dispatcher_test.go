@@ -75,8 +75,10 @@ func TestCloseEndsParkedGoroutine(t *testing.T) {
 	)
 	l := lookupWith(map[string]Func{
 		"Parks": func(ctx *Context) ([]byte, error) {
-			defer close(deferRan)
-			defer func() { recovered <- recover() }()
+			if ctx.InstanceID() == "c0" {
+				defer close(deferRan)
+				defer func() { recovered <- recover() }()
+			}
 			_, err := ctx.Await(ctx.WaitForExternalEvent("never", -1))
 			return nil, err
 		},

@@ -107,7 +107,7 @@ func (e *NonDeterminismError) Error() string {
 		return head + "the code produced " + e.Produced + ", but history has no matching event before " + describeEvent(e.Before)
 	default:
 		return head + "the code produced " + e.Produced +
-			fmt.Sprintf(", but history has no matching event (it ends at Seq %d)", e.BeforeSeq)
+			fmt.Sprintf(", but history has no matching event (history ends after %d events)", e.BeforeSeq)
 	}
 }
 

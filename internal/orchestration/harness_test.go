@@ -130,6 +130,7 @@ var registry = map[string]Func{
 	// two GUIDs.
 	"Clock": func(ctx *Context) ([]byte, error) {
 		start := ctx.CurrentTime()
+		ctx.SetCustomStatus(js("waiting"))
 		if _, err := ctx.Await(ctx.CreateTimer(start.Add(time.Minute))); err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package orchestration
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -155,9 +156,11 @@ func TestStepTable(t *testing.T) {
 				msg("", ev(history.EventRaised, func(e *history.Event) { e.Name, e.Input = "approve", js("yes") })),
 				start("Approval", "exec-1"),
 			},
+			// The timeout timer was scheduled when the code started waiting,
+			// before the event was applied.
 			events: []string{"OrchestratorStarted", "ExecutionStarted Approval 2", `EventRaised approve "yes"`,
-				`ExecutionCompleted Completed "yes"`},
-			outbound: []string{"control TimerFired#0 -> inst/exec-1 at +1h0m0s"},
+				"TimerCreated#0", `ExecutionCompleted Completed "yes"`},
+			outbound: []string{"control TimerFired#0 -> inst/exec-1 at +2h0m0s"},
 			status:   StatusCompleted,
 			done:     true,
 		},
@@ -188,7 +191,7 @@ func TestStepTable(t *testing.T) {
 			name:     "timer is sent to self, visible at its time",
 			msgs:     []*history.Message{start("Clock", "exec-1")},
 			events:   []string{"OrchestratorStarted", "ExecutionStarted Clock 2", "TimerCreated#0"},
-			outbound: []string{"control TimerFired#0 -> inst/exec-1 at +1m0s"},
+			outbound: []string{"control TimerFired#0 -> inst/exec-1 at +1h1m0s"}, // now is t0+1h
 			status:   StatusRunning,
 		},
 		{
@@ -642,6 +645,30 @@ func TestContinueAsNew(t *testing.T) {
 			}
 		})
 	}
+	for _, keep := range []bool{true, false} {
+		t.Run(fmt.Sprintf("buffered events, keep=%v", keep), func(t *testing.T) {
+			h := newHarness(t, "ctr3", lookupWith(map[string]Func{
+				"C": func(ctx *Context) ([]byte, error) {
+					// Events raised during the timer are buffered.
+					if _, err := ctx.Await(ctx.CreateTimer(ctx.CurrentTime().Add(time.Minute))); err != nil {
+						return nil, err
+					}
+					b, _ := ctx.Await(ctx.WaitForExternalEvent("add", -1))
+					ctx.ContinueAsNew(b, keep)
+					return nil, nil
+				},
+			}))
+			h.start("C", nil)
+			h.step(h.raise("add", js(1)), h.raise("other", js(9)), h.raise("Add", js(2)))
+			res := h.step(h.fired(0))
+			next := continueAsNewExecutionID("ctr3", "exec-1")
+			want := []string{"control ExecutionStarted C 1 -> ctr3/" + next}
+			if keep {
+				want = append(want, "control EventRaised other 9 -> ctr3/"+next, "control EventRaised Add 2 -> ctr3/"+next)
+			}
+			wantStrings(t, "outbound", outboundSummaries(res.Outbound), want)
+		})
+	}
 	t.Run("buffered events carried", func(t *testing.T) {
 		h := newHarness(t, "ctr2", lookup)
 		// Events raised before the code waits stay buffered; Counter
@@ -787,7 +814,9 @@ func TestFailureFromError(t *testing.T) {
 
 func TestDeterministicContext(t *testing.T) {
 	h := newHarness(t, "clk", lookup)
-	h.start("Clock", nil)
+	if res := h.start("Clock", nil); string(res.CustomStatus) != `"waiting"` {
+		t.Fatalf("custom status %q", res.CustomStatus)
+	}
 	h.now = h.now.Add(90 * time.Second)
 	res := h.step(h.fired(0))
 	out := unjs[[]string](res.Output)
@@ -843,6 +872,10 @@ func TestWhenAny(t *testing.T) {
 			if _, err := ctx.Await(w); err != nil {
 				return nil, err
 			}
+			// The loser completing later must not change the winner.
+			if _, err := ctx.Await(a); err != nil {
+				return nil, err
+			}
 			// Already-done futures: the first in argument order wins.
 			w2 := ctx.WhenAny(tm, b, a)
 			_, _ = ctx.Await(w2)
@@ -864,5 +897,55 @@ func TestSizeBytes(t *testing.T) {
 	small := h.in.SizeBytes()
 	if big < 1000*taskOverhead || small >= big/10 {
 		t.Fatalf("SizeBytes with 1000 pending tasks %d, after completion %d", big, small)
+	}
+}
+
+func TestNonDeterminismFailsTowardsParent(t *testing.T) {
+	past := []*history.Event{
+		{Seq: 0, Type: history.OrchestratorStarted, Time: t0},
+		{Seq: 1, Type: history.ExecutionStarted, Name: "Sequence", ExecutionID: "c",
+			Parent: &history.Parent{InstanceID: "p", ExecutionID: "pe", Name: "Parent", TaskID: 9}},
+		{Seq: 2, Type: history.TaskScheduled, TaskID: 0, Name: "Renamed"},
+	}
+	in := NewInstance("child", lookup, Options{})
+	defer in.Close()
+	// The batch's messages are dropped: the execution failed during replay.
+	res, err := in.Step(past, []*history.Message{{InstanceID: "child", Event: &history.Event{Type: history.TaskCompleted, TaskID: 0}}}, t0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStrings(t, "events", summaries(res.NewEvents), []string{"OrchestratorStarted", "ExecutionCompleted Failed failure=NonDeterminismError"})
+	wantStrings(t, "outbound", outboundSummaries(res.Outbound), []string{"control SubOrchestrationFailed#9 failure=NonDeterminismError -> p/pe"})
+	if res.NewEvents[0].Seq != 3 || res.Replayed != 3 {
+		t.Fatalf("Seq %d replayed %d", res.NewEvents[0].Seq, res.Replayed)
+	}
+}
+
+func TestWhenAllFirstFailureInArgumentOrder(t *testing.T) {
+	h := newHarness(t, "all", lookupWith(map[string]Func{
+		"All": func(ctx *Context) ([]byte, error) {
+			fs := []*Future{
+				ctx.CallActivity("A", nil, ActivityOptions{}),
+				ctx.CallActivity("B", nil, ActivityOptions{}),
+				ctx.CallActivity("C", nil, ActivityOptions{}),
+			}
+			all := ctx.WhenAll(fs...)
+			_, err := ctx.Await(all)
+			var tf *TaskFailedError
+			if !errors.As(err, &tf) {
+				return nil, errors.New("no TaskFailedError")
+			}
+			return js([]any{tf.Name, fs[1].Done()}), nil
+		},
+	}))
+	h.start("All", nil)
+	// C fails first, then B completes; WhenAll is not done until A is.
+	res := h.step(h.failed(2, &history.Failure{Message: "c"}), h.completed(1, nil))
+	if res.Status != StatusRunning {
+		t.Fatalf("WhenAll completed before all its futures: %s", res.Status)
+	}
+	res = h.step(h.failed(0, &history.Failure{Message: "a"}))
+	if string(res.Output) != `["A",true]` {
+		t.Fatalf("output %s, want the first failure in argument order (A)", res.Output)
 	}
 }
