@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(crashChildEnv) != "" {
 		os.Exit(crashChild())
 	}
+	if os.Getenv(scaleChildEnv) != "" {
+		os.Exit(scaleChild())
+	}
 	os.Exit(m.Run())
 }
 

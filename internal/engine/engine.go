@@ -103,6 +103,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	owned    map[int]*controlqueue.Listener
+	leases   map[int]time.Time // partition -> lease expiry as last granted
 	started  bool
 	stopped  bool
 	runCtx   context.Context
@@ -134,6 +135,7 @@ func New(be backend.Backend, opts Options) *Engine {
 		orchSlots: make(chan struct{}, max(1, opts.MaxConcurrentOrchestrations)),
 		Notify:    NewNotifier(),
 		owned:     map[int]*controlqueue.Listener{},
+		leases:    map[int]time.Time{},
 		balance:   make(chan struct{}, 1),
 	}
 	cacheBytes, idle := opts.CacheBytes, opts.CacheIdle

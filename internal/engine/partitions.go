@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"sync"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/taskhub/taskhub/backend"
@@ -136,6 +136,7 @@ func (e *Engine) startListener(ctx context.Context, p *backend.Partition) {
 		e.mu.Lock()
 	}
 	e.owned[p.Index] = l
+	e.leases[p.Index] = p.LeaseExpiresAt
 	e.mu.Unlock()
 	l.Start(e.runCtx)
 	e.log.Info("partition acquired", "partition", p.Index, "epoch", p.Epoch, "worker", e.opts.WorkerID)
@@ -157,10 +158,27 @@ func (e *Engine) renewAll(ctx context.Context, now time.Time) {
 		case errors.Is(err, backend.ErrLeaseLost):
 			e.lostPartition(f.Partition, f.Epoch)
 		case err != nil:
-			if ctx.Err() == nil {
-				e.log.Warn("partitions: renew failed", "partition", f.Partition, "err", err)
+			if ctx.Err() != nil {
+				return
 			}
-		case p.NextOwner != "" && p.NextOwner != e.opts.WorkerID:
+			e.log.Warn("partitions: renew failed", "partition", f.Partition, "err", err)
+			// Past its expiry the lease may belong to someone else: stop
+			// believing it is ours, whatever the storage says later.
+			e.mu.Lock()
+			expired := !now.Before(e.leases[f.Partition])
+			e.mu.Unlock()
+			if expired {
+				e.lostPartition(f.Partition, f.Epoch)
+			}
+		default:
+			e.mu.Lock()
+			if l := e.owned[f.Partition]; l != nil && l.Fence() == f {
+				e.leases[f.Partition] = p.LeaseExpiresAt
+			}
+			e.mu.Unlock()
+			if p.NextOwner == "" || p.NextOwner == e.opts.WorkerID {
+				continue
+			}
 			// A hand-off was requested: let the balancer decide at once.
 			select {
 			case e.balance <- struct{}{}:
@@ -180,6 +198,7 @@ func (e *Engine) lostPartition(p int, epoch int64) {
 		return
 	}
 	delete(e.owned, p)
+	delete(e.leases, p)
 	e.mu.Unlock()
 	l.Stop()
 	e.log.Warn("partition lost", "partition", p, "epoch", epoch)
@@ -194,6 +213,7 @@ func (e *Engine) releasePartition(ctx context.Context, p int, why string) {
 	e.mu.Lock()
 	l := e.owned[p]
 	delete(e.owned, p)
+	delete(e.leases, p)
 	e.mu.Unlock()
 	if l == nil {
 		return
