@@ -645,3 +645,26 @@ func TestUndecodableMessageFailsInstance(t *testing.T) {
 		t.Fatalf("instance after garbage message: %s %+v", st.RuntimeStatus, st.Failure)
 	}
 }
+
+func TestScheduledStartAndEarlyEvent(t *testing.T) {
+	h := newHarness(t, registerApproval, testOptions())
+	ctx := ctxT(t)
+	start := time.Now().Add(300 * time.Millisecond)
+	id, err := h.client.ScheduleNewOrchestration(ctx, "Approval", 0, WithStartTime(start))
+	must(t, err)
+	st, err := h.client.GetInstance(ctx, id)
+	must(t, err)
+	if st.RuntimeStatus != StatusPending || !st.ScheduledStartAt.Equal(start) {
+		t.Fatalf("before its start time: %s, scheduled %v", st.RuntimeStatus, st.ScheduledStartAt)
+	}
+	// An event raised before the start is delivered after it, not lost.
+	must(t, h.client.RaiseEvent(ctx, id, "Approval", true))
+	st, err = h.client.WaitForInstanceCompletion(ctx, id)
+	must(t, err)
+	wantOutput(t, st, `"approved"`)
+	evs, err := h.client.GetHistory(ctx, id)
+	must(t, err)
+	if evs[0].Timestamp.Before(start) {
+		t.Fatalf("first step at %v, before the scheduled start %v", evs[0].Timestamp, start)
+	}
+}

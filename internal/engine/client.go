@@ -139,7 +139,13 @@ func (c *Client) Send(ctx context.Context, instanceID string, ev *history.Event)
 	unit := &backend.Commit{Now: now}
 	part := backend.PartitionOf(instanceID, pc)
 	msg := &history.Message{InstanceID: instanceID, Event: ev}
-	unit.Writes.ControlSend = []*backend.NewMessage{{ID: newID(), Partition: part, InstanceID: instanceID, Data: c.codec.encodeMessage(msg, &unit.Writes.Payloads)}}
+	nm := &backend.NewMessage{ID: newID(), Partition: part, InstanceID: instanceID, Data: c.codec.encodeMessage(msg, &unit.Writes.Payloads)}
+	if row.Status == backend.StatusPending && row.ScheduledStartAt.After(now) {
+		// The instance starts later: deliver after its ExecutionStarted
+		// (same visibility, later ID), or the event would find no execution.
+		nm.VisibleAt = row.ScheduledStartAt
+	}
+	unit.Writes.ControlSend = []*backend.NewMessage{nm}
 	if err := c.commit(ctx, unit); err != nil {
 		return err
 	}

@@ -186,7 +186,28 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.bg.Add(2)
 	go e.partitionLoop(e.runCtx)
 	go e.cacheLoop(e.runCtx)
+	if n, ok := e.be.(backend.Notifier); ok {
+		e.bg.Add(1)
+		go e.notificationLoop(e.runCtx, n)
+	}
 	return nil
+}
+
+// notificationLoop turns the backend's cross-process pushes into wake-ups,
+// so a message enqueued by another process is seen without a polling delay.
+// Polling with back-off stays as the fallback.
+func (e *Engine) notificationLoop(ctx context.Context, n backend.Notifier) {
+	defer e.bg.Done()
+	err := n.Notifications(ctx, func(note backend.Notification) {
+		if note.Partition < 0 {
+			e.dispatcher.Wake()
+			return
+		}
+		e.WakePartition(note.Partition)
+	})
+	if err != nil && ctx.Err() == nil {
+		e.log.Warn("backend notifications stopped; polling only", "err", err)
+	}
 }
 
 // Stop shuts the engine down gracefully: stop fetching, finish (or, when ctx
