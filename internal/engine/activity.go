@@ -22,6 +22,10 @@ type NonRetryableError struct{ Err error }
 func (e *NonRetryableError) Error() string { return e.Err.Error() }
 func (e *NonRetryableError) Unwrap() error { return e.Err }
 
+// NonRetryable marks the error for orchestration.FailureFromError, so an
+// orchestrator returning NonRetryable(err) is not retried by its parent.
+func (e *NonRetryableError) NonRetryable() bool { return true }
+
 // runActivity is the dispatcher's Run: it executes one work item and
 // completes it with a TaskCompleted or TaskFailed message to the
 // orchestration, in one commit that also deletes the work item.
