@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/internal/clock"
 	"github.com/taskhub/taskhub/internal/engine"
@@ -105,7 +107,12 @@ type WorkerOptions struct {
 	// Clock is the time source (default the wall clock). Tests inject one.
 	Clock Clock
 
-	// hooks observe the engine (tests; metrics later).
+	// MetricsRegisterer, if set, receives the worker's Prometheus metrics
+	// (queue lengths and ages, leases, throttles, latencies, commit batch
+	// sizes, replays, cache hits).
+	MetricsRegisterer prometheus.Registerer
+
+	// hooks observe the engine (tests).
 	hooks engine.Hooks
 }
 

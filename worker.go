@@ -3,9 +3,11 @@ package taskhub
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/internal/engine"
+	"github.com/taskhub/taskhub/internal/metrics"
 )
 
 // Worker runs orchestrations and activities of one task hub. Any number of
@@ -30,6 +32,14 @@ func NewWorker(be backend.Backend, reg *Registry, opts WorkerOptions) (*Worker, 
 		return nil, err
 	}
 	w := &Worker{be: be, reg: reg, opts: opts}
+	hooks := opts.hooks
+	var collector *metrics.Collector
+	if opts.MetricsRegisterer != nil {
+		collector = metrics.New(metrics.Source{Backend: be, Clock: opts.Clock})
+		hooks = chainHooks(hooks, engine.Hooks{
+			OnStep: collector.OnStep, OnActivity: collector.OnActivity, OnBatch: collector.OnBatch, OnLeaseEvent: collector.OnLeaseEvent,
+		})
+	}
 	w.eng = engine.New(be, engine.Options{
 		WorkerID:                      opts.WorkerID,
 		PartitionCount:                opts.PartitionCount,
@@ -55,9 +65,58 @@ func NewWorker(be backend.Backend, reg *Registry, opts WorkerOptions) (*Worker, 
 		LargePayloadThreshold:         opts.LargePayloadThreshold,
 		Clock:                         opts.Clock,
 		Logger:                        opts.Logger,
-		Hooks:                         opts.hooks,
+		Hooks:                         hooks,
 	})
+	if collector != nil {
+		eng := w.eng
+		collector.SetSource(metrics.Source{
+			Backend: be, Clock: opts.Clock, OwnedPartitions: eng.OwnedPartitions, CacheStats: eng.CacheStats,
+			ActivitySlots:      func() (int, int) { return eng.ActivitySlotsInUse(), opts.MaxConcurrentActivityFunctions },
+			OrchestrationSlots: func() (int, int) { return eng.OrchestrationSlotsInUse(), opts.MaxConcurrentOrchestratorFunctions },
+		})
+		if err := opts.MetricsRegisterer.Register(collector); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
 	return w, nil
+}
+
+// chainHooks calls a's hooks, then b's.
+func chainHooks(a, b engine.Hooks) engine.Hooks {
+	return engine.Hooks{
+		OnStep: func(id string, d time.Duration, replayed int) {
+			if a.OnStep != nil {
+				a.OnStep(id, d, replayed)
+			}
+			if b.OnStep != nil {
+				b.OnStep(id, d, replayed)
+			}
+		},
+		OnActivity: func(name string, d time.Duration, err error) {
+			if a.OnActivity != nil {
+				a.OnActivity(name, d, err)
+			}
+			if b.OnActivity != nil {
+				b.OnActivity(name, d, err)
+			}
+		},
+		OnBatch: func(size int, err error) {
+			if a.OnBatch != nil {
+				a.OnBatch(size, err)
+			}
+			if b.OnBatch != nil {
+				b.OnBatch(size, err)
+			}
+		},
+		OnLeaseEvent: func(p int, epoch int64, ev string) {
+			if a.OnLeaseEvent != nil {
+				a.OnLeaseEvent(p, epoch, ev)
+			}
+			if b.OnLeaseEvent != nil {
+				b.OnLeaseEvent(p, epoch, ev)
+			}
+		},
+	}
 }
 
 // ID returns the worker's ID.
