@@ -63,6 +63,8 @@ func ValidateInstanceID(id string) error {
 		return fmt.Errorf("%w: it is %d bytes long, the limit is %d", ErrInvalidInstanceID, len(id), MaxInstanceIDLength)
 	case !utf8.ValidString(id):
 		return fmt.Errorf("%w: it is not valid UTF-8", ErrInvalidInstanceID)
+	case id == "." || id == "..":
+		return fmt.Errorf("%w: %q is a path element, unreachable over HTTP", ErrInvalidInstanceID, id)
 	case strings.HasPrefix(id, "@"):
 		return fmt.Errorf("%w: %q starts with @, which is reserved for entities", ErrInvalidInstanceID, id)
 	}
@@ -143,18 +145,23 @@ func (c *Client) ScheduleNewOrchestration(ctx context.Context, name string, inpu
 	if name == "" {
 		return "", errors.New("schedule: empty orchestrator name")
 	}
+	if c.reg != nil {
+		if _, ok := c.reg.orchestrator(name); !ok {
+			return "", fmt.Errorf("schedule %q: %w with this worker", name, ErrOrchestratorNotFound)
+		}
+	}
 	var in []byte
 	if input != nil {
 		var err error
 		if in, err = marshalInput("orchestrator "+name, input); err != nil {
-			return "", err
+			return "", fmt.Errorf("%w: %w", ErrInvalidInput, err)
 		}
 		if !json.Valid(in) {
-			return "", fmt.Errorf("orchestrator %q: input is not valid JSON", name)
+			return "", fmt.Errorf("%w: orchestrator %q: input is not valid JSON", ErrInvalidInput, name)
 		}
 		if c.reg != nil {
 			if err := c.reg.checkInput(name, in); err != nil {
-				return "", err
+				return "", fmt.Errorf("%w: %w", ErrInvalidInput, err)
 			}
 		}
 	}

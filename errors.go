@@ -30,6 +30,13 @@ var (
 	ErrInvalidInstanceID = errors.New("invalid instance ID")
 	// ErrHubNotFound: the task hub does not exist (no worker created it).
 	ErrHubNotFound = backend.ErrHubNotFound
+	// ErrOrchestratorNotFound: a client bound to a worker was asked to
+	// start an orchestrator that worker does not have. (A standalone client
+	// cannot know; the instance then fails with a message naming it.)
+	ErrOrchestratorNotFound = errors.New("orchestrator not registered")
+	// ErrInvalidInput: an input is not valid JSON, cannot be encoded, or
+	// does not decode into the orchestrator's input type.
+	ErrInvalidInput = errors.New("invalid input")
 )
 
 // InstanceExistsError: an instance with the ID exists in a status the

@@ -488,7 +488,16 @@ func TestBadInput(t *testing.T) {
 	}, testOptions())
 	ctx := ctxT(t)
 
-	st := h.run("NoSuchOrchestrator", nil)
+	// A client bound to the worker knows the orchestrator is missing.
+	if _, err := h.client.ScheduleNewOrchestration(ctx, "NoSuchOrchestrator", nil); !errors.Is(err, ErrOrchestratorNotFound) {
+		t.Fatalf("unknown orchestrator from a worker client: %v", err)
+	}
+	// A standalone client cannot know: the instance fails, naming it.
+	standalone := NewClient(h.be, ClientOptions{})
+	id, err := standalone.ScheduleNewOrchestration(ctx, "NoSuchOrchestrator", nil)
+	must(t, err)
+	st, err := h.client.WaitForInstanceCompletion(ctx, id)
+	must(t, err)
 	if st.RuntimeStatus != StatusFailed || !strings.Contains(st.Failure.Message, "NoSuchOrchestrator") {
 		t.Fatalf("unknown orchestrator: %s %+v", st.RuntimeStatus, st.Failure)
 	}
@@ -496,15 +505,15 @@ func TestBadInput(t *testing.T) {
 	if st.RuntimeStatus != StatusFailed || !strings.Contains(st.Failure.Message, "NoSuchActivity") {
 		t.Fatalf("unknown activity: %s %+v", st.RuntimeStatus, st.Failure)
 	}
-	for _, id := range []string{"", strings.Repeat("x", MaxInstanceIDLength+1), "a/b", "bad\x00id", "@entity@key"} {
+	for _, id := range []string{"", strings.Repeat("x", MaxInstanceIDLength+1), "a/b", "bad\x00id", "@entity@key", ".", ".."} {
 		if _, err := h.client.ScheduleNewOrchestration(ctx, "Hello", nil, WithStartInstanceID(id)); !errors.Is(err, ErrInvalidInstanceID) {
 			t.Fatalf("instance ID %q: %v, want ErrInvalidInstanceID", id, err)
 		}
 	}
-	if _, err := h.client.ScheduleNewOrchestration(ctx, "TakesInt", "not a number"); err == nil || !strings.Contains(err.Error(), "cannot be decoded") {
+	if _, err := h.client.ScheduleNewOrchestration(ctx, "TakesInt", "not a number"); !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), "cannot be decoded") {
 		t.Fatalf("undecodable input: %v", err)
 	}
-	if _, err := h.client.ScheduleNewOrchestration(ctx, "TakesInt", json.RawMessage(`{broken`)); err == nil {
+	if _, err := h.client.ScheduleNewOrchestration(ctx, "TakesInt", json.RawMessage(`{broken`)); !errors.Is(err, ErrInvalidInput) {
 		t.Fatal("invalid JSON input accepted")
 	}
 	if _, err := h.client.ScheduleNewOrchestration(ctx, "TakesInt", func() {}); err == nil {

@@ -31,6 +31,6 @@ func rootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().String("backend", "taskhub.db", "hub storage: a SQLite file path")
 	root.PersistentFlags().String("hub", "taskhub", "task hub name")
-	root.AddCommand(demoCommand(), workerCommand(), benchCommand())
+	root.AddCommand(demoCommand(), workerCommand(), benchCommand(), serveCommand())
 	return root
 }
