@@ -11,12 +11,16 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/taskhub/taskhub/backend"
+	"github.com/taskhub/taskhub/backend/postgres"
 	"github.com/taskhub/taskhub/backend/sqlite"
 )
 
@@ -46,9 +50,39 @@ type leaseEvent struct {
 	At        int64  `json:"at"`    // unix nanoseconds
 }
 
+// openSpec opens a hub by spec: a postgres:// URL or a SQLite file path.
+func openSpec(ctx context.Context, spec, hub string) (backend.Backend, error) {
+	if strings.HasPrefix(spec, "postgres://") {
+		return postgres.Open(ctx, spec, postgres.Options{Hub: hub})
+	}
+	return sqlite.Open(spec, sqlite.Options{Hub: hub})
+}
+
+// postgresURL returns the test server's URL. Without a reachable server the
+// caller is skipped with the reason, or fails when $CI is "true": CI must
+// run the PostgreSQL suites.
+func postgresURL(t *testing.T) string {
+	t.Helper()
+	url := postgres.URLFromEnv("postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	be, err := postgres.Open(ctx, url, postgres.Options{Hub: "probe" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")})
+	if err == nil {
+		_ = be.HubDelete(ctx)
+		be.Close()
+		return url
+	}
+	msg := fmt.Sprintf("PostgreSQL at %s is not reachable (%v); set %s", url, err, postgres.EnvURL)
+	if os.Getenv("CI") == "true" {
+		t.Fatal("CI=true requires PostgreSQL: " + msg)
+	}
+	t.Skip("SKIPPING PostgreSQL test: " + msg)
+	return ""
+}
+
 // scaleChild runs a worker until SIGTERM, printing its lease events.
 func scaleChild() int {
-	be, err := sqlite.Open(os.Getenv("TASKHUB_SCALE_DB"), sqlite.Options{})
+	be, err := openSpec(context.Background(), os.Getenv("TASKHUB_SCALE_DB"), os.Getenv("TASKHUB_SCALE_HUB"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "open:", err)
 		return 2
@@ -94,10 +128,10 @@ type scaleWorker struct {
 	done   chan error
 }
 
-func startScaleWorker(t *testing.T, db, id string) *scaleWorker {
+func startScaleWorker(t *testing.T, db, hub, id string) *scaleWorker {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), scaleChildEnv+"=1", "TASKHUB_SCALE_DB="+db, "TASKHUB_SCALE_ID="+id)
+	cmd.Env = append(os.Environ(), scaleChildEnv+"=1", "TASKHUB_SCALE_DB="+db, "TASKHUB_SCALE_HUB="+hub, "TASKHUB_SCALE_ID="+id)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -227,14 +261,32 @@ func TestScaleOutSQLite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test; skipped with -short")
 	}
-	db := filepath.Join(t.TempDir(), "hub.db")
+	testScaleOut(t, filepath.Join(t.TempDir(), "hub.db"), "taskhub")
+}
+
+func TestScaleOutPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test; skipped with -short")
+	}
+	url := postgresURL(t)
+	testScaleOut(t, url, "scale"+strings.ReplaceAll(uuid.NewString()[:8], "-", ""))
+}
+
+// testScaleOut runs 3, then 4, then 3 worker processes on one hub while
+// orchestrations run.
+func testScaleOut(t *testing.T, spec, hub string) {
 	opts := scaleOptions()
 	lease := opts.LeaseDuration
 
 	// Create the hub and a workload before any worker runs.
-	be := openSQLite(t, db)
 	ctx := ctxT(t)
-	_, err := be.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 16, Now: time.Now()})
+	be, err := openSpec(ctx, spec, hub)
+	must(t, err)
+	t.Cleanup(func() {
+		_ = be.HubDelete(context.Background())
+		be.Close()
+	})
+	_, err = be.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 16, Now: time.Now()})
 	must(t, err)
 	client := NewClient(be, ClientOptions{MaxPollInterval: 50 * time.Millisecond})
 	var ids []string
@@ -248,13 +300,13 @@ func TestScaleOutSQLite(t *testing.T) {
 	schedule(100)
 
 	own := &ownership{owners: map[int]string{}}
-	w1, w2, w3 := startScaleWorker(t, db, "w1"), startScaleWorker(t, db, "w2"), startScaleWorker(t, db, "w3")
+	w1, w2, w3 := startScaleWorker(t, spec, hub, "w1"), startScaleWorker(t, spec, hub, "w2"), startScaleWorker(t, spec, hub, "w3")
 	own.collect(w1, w2, w3)
 	own.waitFor(t, 4*lease, "3 workers share 16 partitions", evenSpread(16, 3))
 
 	// Joining: a 4th worker gets its share within 2 lease periods.
 	schedule(100)
-	w4 := startScaleWorker(t, db, "w4")
+	w4 := startScaleWorker(t, spec, hub, "w4")
 	own.collect(w4)
 	took := own.waitFor(t, 2*lease, "spread after w4 joins", evenSpread(16, 4))
 	t.Logf("w4 joined: even spread after %s (lease %s)", took.Round(time.Millisecond), lease)

@@ -29,7 +29,7 @@ func rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().String("backend", "taskhub.db", "hub storage: a SQLite file path")
+	root.PersistentFlags().String("backend", "taskhub.db", "hub storage: a SQLite file path or a postgres:// URL (default: $TASKHUB_POSTGRES_URL if set, else ./taskhub.db)")
 	root.PersistentFlags().String("hub", "taskhub", "task hub name")
 	root.AddCommand(demoCommand(), workerCommand(), benchCommand(), serveCommand())
 	return root
