@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(scaleChildEnv) != "" {
 		os.Exit(scaleChild())
 	}
+	if os.Getenv(chaosChildEnv) != "" {
+		os.Exit(chaosChild())
+	}
 	os.Exit(m.Run())
 }
 
