@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/taskhub/taskhub"
@@ -67,7 +69,35 @@ loopback address. SIGINT or SIGTERM stops the server, then the worker.`,
 	f.StringVar(&addr, "addr", "127.0.0.1:7071", "listen address (host:port); without a key it must be a loopback address")
 	f.StringArrayVar(&keys, "key", nil, "accepted API key (repeatable; also "+apiKeyEnv+")")
 	f.DurationVar(&drain, "drain-timeout", 30*time.Second, "how long a graceful stop waits for requests and running work")
+	addWorkerFlags(cmd)
 	return cmd
+}
+
+// serveMux serves the management API and, at /metrics, the worker's
+// Prometheus metrics (open like a health endpoint: they carry no instance
+// data).
+func serveMux(api http.Handler, metrics *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	mux.Handle("/", api)
+	return mux
+}
+
+// serveMetrics serves /metrics on its own address (taskhub worker).
+func serveMetrics(addr string, metrics *prometheus.Registry, logger *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Warn("metrics server stopped", "err", err)
+		}
+	}()
+	return func() { _ = srv.Close() }, nil
 }
 
 // apiKeys merges the --key flags and the environment variable's key.
@@ -86,6 +116,12 @@ func apiKeys(flags []string, env string) ([]string, error) {
 }
 
 func serve(cmd *cobra.Command, addr string, keys []string, drain time.Duration, logger *slog.Logger) error {
+	opts, err := workerOptions(cmd, logger)
+	if err != nil {
+		return err
+	}
+	metrics := prometheus.NewRegistry()
+	opts.MetricsRegisterer = metrics
 	be, err := openBackend(cmd)
 	if err != nil {
 		return err
@@ -95,7 +131,7 @@ func serve(cmd *cobra.Command, addr string, keys []string, drain time.Duration, 
 	if err := samples.Register(reg); err != nil {
 		return err
 	}
-	w, err := taskhub.NewWorker(be, reg, taskhub.WorkerOptions{Logger: logger})
+	w, err := taskhub.NewWorker(be, reg, opts)
 	if err != nil {
 		return err
 	}
@@ -110,7 +146,7 @@ func serve(cmd *cobra.Command, addr string, keys []string, drain time.Duration, 
 		return err
 	}
 	srv := &http.Server{
-		Handler:           httpapi.New(w.Client(), httpapi.Options{Keys: keys, Logger: logger}),
+		Handler:           serveMux(httpapi.New(w.Client(), httpapi.Options{Keys: keys, Logger: logger}), metrics),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      2 * time.Minute,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/taskhub/taskhub"
@@ -14,12 +15,17 @@ import (
 )
 
 func workerCommand() *cobra.Command {
-	var partitions int
 	var drain time.Duration
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker with the samples registered until SIGTERM or SIGINT",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			opts, err := workerOptions(cmd, logger)
+			if err != nil {
+				return err
+			}
 			be, err := openBackend(cmd)
 			if err != nil {
 				return err
@@ -29,10 +35,18 @@ func workerCommand() *cobra.Command {
 			if err := samples.Register(reg); err != nil {
 				return err
 			}
-			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			w, err := taskhub.NewWorker(be, reg, taskhub.WorkerOptions{PartitionCount: partitions, Logger: logger})
+			metrics := prometheus.NewRegistry()
+			opts.MetricsRegisterer = metrics
+			w, err := taskhub.NewWorker(be, reg, opts)
 			if err != nil {
 				return err
+			}
+			if metricsAddr != "" {
+				stop, err := serveMetrics(metricsAddr, metrics, logger)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			if err := w.Start(cmd.Context()); err != nil {
 				return err
@@ -44,7 +58,8 @@ func workerCommand() *cobra.Command {
 			return w.Stop(ctx)
 		},
 	}
-	cmd.Flags().IntVar(&partitions, "partitions", taskhub.PartitionCountDefault, "partition count when the hub is created (1-16)")
+	addWorkerFlags(cmd)
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics (off when empty)")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", 30*time.Second, "how long a graceful stop waits for running work")
 	return cmd
 }

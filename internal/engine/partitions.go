@@ -31,8 +31,9 @@ func (e *Engine) partitionLoop(ctx context.Context) {
 			nextRenew = now.Add(e.opts.LeaseRenewInterval)
 		}
 		if !now.Before(nextBalance) {
-			e.heartbeat(ctx, started, now)
 			e.balanceOnce(ctx, now)
+			// After balancing, so the row lists what this worker now holds.
+			e.heartbeat(ctx, started, e.clk.Now())
 			nextBalance = now.Add(e.opts.LeaseAcquireInterval)
 		}
 		wait := min(nextRenew.Sub(now), nextBalance.Sub(now))
