@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"math"
 	mrand "math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ import (
 
 	"github.com/taskhub/taskhub"
 	"github.com/taskhub/taskhub/backend"
+	"github.com/taskhub/taskhub/backend/postgres"
 	"github.com/taskhub/taskhub/backend/sqlite"
 )
 
@@ -67,7 +70,7 @@ type benchScenario struct {
 	nMeans   string // what --n counts, for the help text
 	// main is the key of the figure --repeat reports min/median/max of.
 	main     string
-	register func(reg *taskhub.Registry) error
+	register func(reg *taskhub.Registry, prog *benchProgress) error
 	run      func(ctx context.Context, r *benchRun) ([]benchFigure, error)
 }
 
@@ -82,35 +85,35 @@ type benchFigure struct {
 func benchScenarios() []*benchScenario {
 	return []*benchScenario{
 		{name: "chain", defaultN: 1000, nMeans: "activities in sequence", main: "activities_per_s",
-			register: func(reg *taskhub.Registry) error {
+			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return taskhub.RegisterOrchestrator(reg, "BenchChain", benchChainOrchestrator)
 			},
 			run: runBenchChain},
 		{name: "fanout", defaultN: 5000, nMeans: "parallel activities", main: "activities_per_s",
-			register: func(reg *taskhub.Registry) error {
+			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return taskhub.RegisterOrchestrator(reg, "BenchFanOut", benchFanOutOrchestrator)
 			},
 			run: runBenchFanOut},
 		{name: "many", defaultN: 1000, nMeans: "orchestrations started at once", main: "orchestrations_per_s",
-			register: func(reg *taskhub.Registry) error {
+			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return taskhub.RegisterOrchestrator(reg, "BenchOne", benchOneOrchestrator)
 			},
 			run: runBenchMany},
 		{name: "hello", defaultN: 200, nMeans: "runs, one at a time", main: "p50_ms",
-			register: func(reg *taskhub.Registry) error {
+			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return taskhub.RegisterOrchestrator(reg, "BenchHello", benchOneOrchestrator)
 			},
 			run: runBenchHello},
 		{name: "events", defaultN: 1000, nMeans: "external events (burst, then one at a time)", main: "burst_events_per_s",
-			register: func(reg *taskhub.Registry) error {
+			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return errors.Join(
 					taskhub.RegisterOrchestrator(reg, "BenchEventsBurst", benchEventsBurstOrchestrator),
 					taskhub.RegisterOrchestrator(reg, "BenchEventsPingPong", benchEventsPingPongOrchestrator))
 			},
 			run: runBenchEvents},
 		{name: "idle", defaultN: 100000, nMeans: "orchestrations waiting on an event", main: "rss_mib",
-			register: func(reg *taskhub.Registry) error {
-				return taskhub.RegisterOrchestrator(reg, "BenchIdle", benchIdleOrchestrator)
+			register: func(reg *taskhub.Registry, prog *benchProgress) error {
+				return taskhub.RegisterOrchestrator(reg, "BenchIdle", benchIdleOrchestrator(prog.counter("started")))
 			},
 			run: runBenchIdle},
 	}
@@ -155,7 +158,9 @@ type benchOptions struct {
 	progress          bool
 	timeout           time.Duration
 	cpuProfile        string
+	tracePath         string
 	synchronous       string
+	syncSet           bool
 	backendPath       string // "" : a fresh temporary file per run
 	hub               string
 }
@@ -180,13 +185,16 @@ Scenarios:
 idle takes --n 1000000 for the issue's one million waiting orchestrations.
 
 By default each run uses a fresh temporary SQLite file, deleted afterwards;
---backend PATH runs on that file instead (and keeps it).`,
+--backend PATH runs on that file instead (and keeps it), and --backend
+postgres://... on that PostgreSQL database (TASKHUB_POSTGRES_URL is not used:
+bench runs on a temporary SQLite file unless told otherwise).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("backend") {
 				o.backendPath, _ = cmd.Flags().GetString("backend")
 			}
 			o.hub, _ = cmd.Flags().GetString("hub")
+			o.syncSet = cmd.Flags().Changed("sync")
 			return runBench(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -203,6 +211,7 @@ By default each run uses a fresh temporary SQLite file, deleted afterwards;
 	f.BoolVar(&o.progress, "progress", false, "show the live progress line on stderr even when it is not a terminal")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up (with what was still pending) after this long")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the runs to this file (go tool pprof)")
+	f.StringVar(&o.tracePath, "trace", "", "write a runtime execution trace of the runs to this file (go tool trace; -pprof=sync shows where time is spent waiting)")
 	f.StringVar(&o.synchronous, "sync", sqlite.SynchronousDefault, "SQLite synchronous setting: FULL (default, durable), NORMAL, OFF (to see what the fsync costs)")
 	return cmd
 }
@@ -216,8 +225,8 @@ type benchParams struct {
 	Repeat            int    `json:"repeat"`
 	Concurrency       int    `json:"concurrency"`
 	Wakes             int    `json:"wakes,omitempty"`
-	Backend           string `json:"backend"`
-	Synchronous       string `json:"sync"`
+	Backend           string `json:"backend"`        // "temp", a file, or a URL without its password
+	Synchronous       string `json:"sync,omitempty"` // SQLite only
 }
 
 // benchSummary is min/median/max of the main figure over the runs.
@@ -269,12 +278,20 @@ func runBench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) err
 	case o.timeout <= 0:
 		return fmt.Errorf("--timeout is %s; it must be positive", o.timeout)
 	}
-	if strings.HasPrefix(o.backendPath, "postgres://") || strings.HasPrefix(o.backendPath, "postgresql://") {
-		return fmt.Errorf("--backend %q: the PostgreSQL backend is not built yet; use a SQLite file path", o.backendPath)
-	}
 	params := benchParams{
 		N: o.n, Partitions: o.partitions, MaxActivities: o.maxActivities, MaxOrchestrations: o.maxOrchestrations,
 		Repeat: o.repeat, Concurrency: o.concurrency, Backend: o.backendPath, Synchronous: strings.ToUpper(o.synchronous),
+	}
+	if isPostgresURL(o.backendPath) {
+		if o.syncSet {
+			return errors.New("--sync is a SQLite setting; it does not apply to a PostgreSQL --backend")
+		}
+		params.Synchronous = ""
+		if u, err := url.Parse(o.backendPath); err == nil {
+			params.Backend = u.Redacted()
+		} else {
+			params.Backend = "postgres://(unparsable URL)"
+		}
 	}
 	if params.MaxActivities == 0 {
 		params.MaxActivities = taskhub.ConcurrencyDefault()
@@ -309,6 +326,21 @@ func runBench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) err
 		}
 		defer func() {
 			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+
+	if o.tracePath != "" {
+		f, err := os.Create(o.tracePath)
+		if err != nil {
+			return fmt.Errorf("--trace: %w", err)
+		}
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			return fmt.Errorf("--trace: %w", err)
+		}
+		defer func() {
+			trace.Stop()
 			f.Close()
 		}()
 	}
@@ -365,13 +397,14 @@ func benchOnce(ctx context.Context, sc *benchScenario, o benchOptions, prog *ben
 		defer os.RemoveAll(dir)
 		path = filepath.Join(dir, "bench.db")
 	}
-	be, err := sqlite.Open(path, sqlite.Options{Hub: o.hub, Synchronous: o.synchronous})
+	be, err := openBenchBackend(ctx, path, o)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
 	}
 	defer be.Close()
 
-	acts := prog.newWorker()
+	prog.newWorker()
+	acts := prog.counter("activities")
 	reg := taskhub.NewRegistry()
 	if err := errors.Join(
 		taskhub.RegisterActivity(reg, benchNoop, func(taskhub.ActivityContext, json.RawMessage) (json.RawMessage, error) {
@@ -379,7 +412,7 @@ func benchOnce(ctx context.Context, sc *benchScenario, o benchOptions, prog *ben
 			return nil, nil
 		}),
 		taskhub.RegisterOrchestrator(reg, benchWarm, benchOneOrchestrator),
-		sc.register(reg),
+		sc.register(reg, prog),
 	); err != nil {
 		return nil, err
 	}
@@ -417,6 +450,27 @@ func benchOnce(ctx context.Context, sc *benchScenario, o benchOptions, prog *ben
 		err = fmt.Errorf("%w (stopped while %s)", err, prog.describe())
 	}
 	return figs, err
+}
+
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// openBenchBackend opens a PostgreSQL hub for a postgres:// URL, else the
+// SQLite file at spec.
+func openBenchBackend(ctx context.Context, spec string, o benchOptions) (backend.Backend, error) {
+	if isPostgresURL(spec) {
+		be, err := postgres.Open(ctx, spec, postgres.Options{Hub: o.hub})
+		if err != nil {
+			return nil, fmt.Errorf("open PostgreSQL hub %q: %w", o.hub, err)
+		}
+		return be, nil
+	}
+	be, err := sqlite.Open(spec, sqlite.Options{Hub: o.hub, Synchronous: o.synchronous})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", spec, err)
+	}
+	return be, nil
 }
 
 // warmUp runs one single-activity orchestration on every partition, so
@@ -507,8 +561,15 @@ func benchEventsPingPongOrchestrator(ctx *taskhub.OrchestrationContext, k int) (
 	return k, nil
 }
 
-func benchIdleOrchestrator(ctx *taskhub.OrchestrationContext, _ any) (int, error) {
-	return 1, ctx.WaitForExternalEvent(benchEvent, 0).Await(nil)
+// benchIdleOrchestrator waits for one event. started counts first
+// executions, for the progress line only (a replay does not count).
+func benchIdleOrchestrator(started *atomic.Int64) func(*taskhub.OrchestrationContext, any) (int, error) {
+	return func(ctx *taskhub.OrchestrationContext, _ any) (int, error) {
+		if !ctx.IsReplaying() {
+			started.Add(1)
+		}
+		return 1, ctx.WaitForExternalEvent(benchEvent, 0).Await(nil)
+	}
 }
 
 // ---- Scenarios ----
@@ -516,7 +577,7 @@ func benchIdleOrchestrator(ctx *taskhub.OrchestrationContext, _ any) (int, error
 func runBenchChain(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
 	r.prog.phase("activities in sequence", n)
-	r.prog.countActivities()
+	r.prog.countFrom("activities")
 	id := r.id("chain", 0)
 	if _, err := r.client.ScheduleNewOrchestration(ctx, "BenchChain", n, taskhub.WithStartInstanceID(id)); err != nil {
 		return nil, err
@@ -546,7 +607,7 @@ func runBenchChain(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 func runBenchFanOut(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
 	r.prog.phase("parallel activities", n)
-	r.prog.countActivities()
+	r.prog.countFrom("activities")
 	id := r.id("fanout", 0)
 	if _, err := r.client.ScheduleNewOrchestration(ctx, "BenchFanOut", n, taskhub.WithStartInstanceID(id)); err != nil {
 		return nil, err
@@ -589,25 +650,29 @@ func runBenchFanOut(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 
 func runBenchMany(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
+	prefix := r.prefix + "many-"
 	r.prog.phase("starting orchestrations", n)
 	if err := forEach(ctx, n, r.opts.concurrency, func(ctx context.Context, i int) error {
-		_, err := r.client.ScheduleNewOrchestration(ctx, "BenchOne", nil, taskhub.WithStartInstanceID(r.id("many", i)))
+		_, err := r.client.ScheduleNewOrchestration(ctx, "BenchOne", nil, taskhub.WithStartInstanceID(prefix+strconv.Itoa(i)))
 		r.prog.add(1)
 		return err
 	}); err != nil {
 		return nil, err
 	}
 	r.prog.phase("orchestrations completed", n)
+	r.prog.countFrom("activities")
+	if err := r.settle(ctx, prefix, taskhub.StatusPending, taskhub.StatusRunning); err != nil {
+		return nil, err
+	}
+	r.prog.phase("reading the instances", n)
 	var span timeSpan
-	lat := make([]time.Duration, n)
-	if err := forEach(ctx, n, r.opts.concurrency, func(ctx context.Context, i int) error {
-		st, err := r.completed(ctx, r.id("many", i))
-		if err != nil {
-			return err
+	lat := make([]time.Duration, 0, n)
+	if err := r.eachInstance(ctx, prefix, n, func(st *taskhub.InstanceStatus) error {
+		if st.RuntimeStatus != taskhub.StatusCompleted {
+			return fmt.Errorf("instance %s is %s, want Completed", st.InstanceID, st.RuntimeStatus)
 		}
 		span.add(st.CreatedAt, st.CompletedAt)
-		lat[i] = st.CompletedAt.Sub(st.CreatedAt)
-		r.prog.add(1)
+		lat = append(lat, st.CompletedAt.Sub(st.CreatedAt))
 		return nil
 	}); err != nil {
 		return nil, err
@@ -746,41 +811,42 @@ func runBenchEvents(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 
 func runBenchIdle(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
+	prefix := r.prefix + "idle-"
 	r.prog.phase("starting orchestrations", n)
 	if err := forEach(ctx, n, r.opts.concurrency, func(ctx context.Context, i int) error {
-		_, err := r.client.ScheduleNewOrchestration(ctx, "BenchIdle", nil, taskhub.WithStartInstanceID(r.id("idle", i)))
+		_, err := r.client.ScheduleNewOrchestration(ctx, "BenchIdle", nil, taskhub.WithStartInstanceID(prefix+strconv.Itoa(i)))
 		r.prog.add(1)
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	// Every instance is waiting once its first step has committed
-	// (Running); its row's LastUpdatedAt is that step's time.
+	// An instance is waiting once its first step has committed: it is
+	// Running, and its row's LastUpdatedAt is that step's time.
 	r.prog.phase("orchestrations waiting", n)
+	r.prog.countFrom("started")
+	if err := r.settle(ctx, prefix, taskhub.StatusPending); err != nil {
+		return nil, err
+	}
+	rss := currentRSS()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+
+	r.prog.phase("reading the instances", n)
 	var span timeSpan
-	if err := forEach(ctx, n, r.opts.concurrency, func(ctx context.Context, i int) error {
-		id := r.id("idle", i)
-		st, err := r.client.WaitForInstanceStart(ctx, id)
-		if err != nil {
-			return err
-		}
+	if err := r.eachInstance(ctx, prefix, n, func(st *taskhub.InstanceStatus) error {
 		if st.RuntimeStatus != taskhub.StatusRunning {
-			return fmt.Errorf("instance %s is %s, want Running", id, st.RuntimeStatus)
+			return fmt.Errorf("instance %s is %s, want Running", st.InstanceID, st.RuntimeStatus)
 		}
 		span.add(st.CreatedAt, st.LastUpdatedAt)
-		r.prog.add(1)
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	rss := currentRSS()
-	var ms0 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
 
 	r.prog.phase("wakes", r.opts.wakes)
 	wakes := make([]time.Duration, 0, r.opts.wakes)
 	for _, i := range r.rng.Perm(n)[:r.opts.wakes] {
-		id := r.id("idle", i)
+		id := prefix + strconv.Itoa(i)
 		if err := r.client.RaiseEvent(ctx, id, benchEvent, nil); err != nil {
 			return nil, err
 		}
@@ -803,11 +869,62 @@ func runBenchIdle(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	return []benchFigure{
 		{"rss_mib", "RSS with every orchestration waiting", "MiB", float64(rss) / (1 << 20)},
 		{"rss_per_instance_kib", "RSS per waiting orchestration", "KiB", float64(rss) / 1024 / float64(n)},
-		{"go_heap_mib", "Go heap in use then", "MiB", float64(max(ms0.HeapInuse, 1)) / (1 << 20)},
+		{"go_heap_mib", "Go heap in use then", "MiB", float64(max(mem.HeapInuse, 1)) / (1 << 20)},
 		{"wake_p50_ms", "wake one: raised -> completed, p50", "ms", ms(percentile(wakes, 50))},
 		{"wake_max_ms", "wake one: raised -> completed, max", "ms", ms(wakes[len(wakes)-1])},
 		{"started_per_s", "orchestrations started/s (first created -> last waiting)", "1/s", float64(n) / positive(span.duration()).Seconds()},
 	}, nil
+}
+
+// settle returns once no instance whose ID starts with prefix is in one of
+// statuses. It asks for the first such instance (the status index makes
+// that cheap) and waits for it to change, woken by its commit; so the
+// harness costs the engine a query per wait, not a read per instance.
+func (r *benchRun) settle(ctx context.Context, prefix string, statuses ...taskhub.Status) error {
+	for {
+		page, err := r.client.QueryInstances(ctx, taskhub.InstanceQuery{
+			Filter: taskhub.InstanceFilter{Statuses: statuses, InstanceIDPrefix: prefix}, PageSize: 1,
+		})
+		if err != nil {
+			return err
+		}
+		if len(page.Instances) == 0 {
+			return nil
+		}
+		if _, err := r.client.WaitForInstance(ctx, page.Instances[0].InstanceID, func(s *taskhub.InstanceStatus) bool {
+			return !slices.Contains(statuses, s.RuntimeStatus)
+		}); err != nil {
+			return err
+		}
+	}
+}
+
+// eachInstance calls fn for every instance whose ID starts with prefix, and
+// checks there are want of them.
+func (r *benchRun) eachInstance(ctx context.Context, prefix string, want int, fn func(*taskhub.InstanceStatus) error) error {
+	q := taskhub.InstanceQuery{Filter: taskhub.InstanceFilter{InstanceIDPrefix: prefix}, PageSize: 1000}
+	seen := 0
+	for {
+		page, err := r.client.QueryInstances(ctx, q)
+		if err != nil {
+			return err
+		}
+		for _, st := range page.Instances {
+			if err := fn(st); err != nil {
+				return err
+			}
+		}
+		seen += len(page.Instances)
+		r.prog.add(len(page.Instances))
+		if page.ContinuationToken == "" {
+			break
+		}
+		q.ContinuationToken = page.ContinuationToken
+	}
+	if seen != want {
+		return fmt.Errorf("%d instances with the prefix %s, want %d", seen, prefix, want)
+	}
+	return nil
 }
 
 // running waits until an instance's first step has committed.
@@ -952,21 +1069,38 @@ type benchProgress struct {
 	run, runs  int
 	label      string
 	total      int
-	countActs  bool
 	phaseStart time.Time
 	done       atomic.Int64
-	acts       *atomic.Int64 // activities run by the current worker
-	actsBase   int64
-	stop       chan struct{}
-	stopped    chan struct{}
+	// counters are the current worker's named counters (activities run,
+	// orchestrations started); source, if set, is the one the phase shows,
+	// from base.
+	counters map[string]*atomic.Int64
+	source   *atomic.Int64
+	base     int64
+	stop     chan struct{}
+	stopped  chan struct{}
 }
 
-// newWorker returns the counter of activities run by a new worker.
-func (p *benchProgress) newWorker() *atomic.Int64 {
+// newWorker starts fresh counters for a new worker.
+func (p *benchProgress) newWorker() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.acts, p.actsBase = new(atomic.Int64), 0
-	return p.acts
+	p.counters, p.source = map[string]*atomic.Int64{}, nil
+}
+
+// counter returns the current worker's counter of that name.
+func (p *benchProgress) counter(name string) *atomic.Int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counters == nil {
+		p.counters = map[string]*atomic.Int64{}
+	}
+	c := p.counters[name]
+	if c == nil {
+		c = new(atomic.Int64)
+		p.counters[name] = c
+	}
+	return c
 }
 
 func (p *benchProgress) setRun(run, runs int) {
@@ -979,18 +1113,16 @@ func (p *benchProgress) setRun(run, runs int) {
 func (p *benchProgress) phase(label string, total int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.label, p.total, p.countActs, p.phaseStart = label, total, false, time.Now()
+	p.label, p.total, p.source, p.phaseStart = label, total, nil, time.Now()
 	p.done.Store(0)
 }
 
-// countActivities makes the activities run count as the phase's progress.
-func (p *benchProgress) countActivities() {
+// countFrom makes the named counter's increase the phase's progress.
+func (p *benchProgress) countFrom(name string) {
+	c := p.counter(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.countActs = true
-	if p.acts != nil {
-		p.actsBase = p.acts.Load()
-	}
+	p.source, p.base = c, c.Load()
 }
 
 func (p *benchProgress) add(n int) { p.done.Add(int64(n)) }
@@ -999,8 +1131,8 @@ func (p *benchProgress) describe() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	done := p.done.Load()
-	if p.countActs && p.acts != nil {
-		done = p.acts.Load() - p.actsBase
+	if p.source != nil {
+		done = p.source.Load() - p.base
 	}
 	s := p.scenario
 	if p.runs > 1 {
@@ -1175,7 +1307,11 @@ func printBenchTable(w io.Writer, rep *benchReport) {
 	if p.Wakes > 0 {
 		fmt.Fprintf(w, " wakes=%d", p.Wakes)
 	}
-	fmt.Fprintf(w, " repeat=%d backend=%s sync=%s\n\n", p.Repeat, p.Backend, p.Synchronous)
+	fmt.Fprintf(w, " repeat=%d backend=%s", p.Repeat, p.Backend)
+	if p.Synchronous != "" {
+		fmt.Fprintf(w, " sync=%s", p.Synchronous)
+	}
+	fmt.Fprint(w, "\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	head := "figure\tvalue\tunit"
 	if p.Repeat > 1 {

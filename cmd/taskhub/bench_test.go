@@ -187,7 +187,8 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--scenario", "chain", "--n", "-1"}, []string{"--n is -1"}},
 		{[]string{"--scenario", "chain", "--repeat", "0"}, []string{"--repeat is 0"}},
 		{[]string{"--scenario", "idle", "--n", "5", "--wakes", "6"}, []string{"--wakes is 6"}},
-		{[]string{"--scenario", "chain", "--backend", "postgres://x"}, []string{"PostgreSQL backend is not built yet"}},
+		{[]string{"--scenario", "chain", "--backend", "postgres://nobody:secret@127.0.0.1:1/none", "--sync", "OFF"}, []string{"--sync is a SQLite setting"}},
+		{[]string{"--scenario", "chain", "--backend", "postgres://nobody:secret@127.0.0.1:1/none", "--timeout", "5s"}, []string{"open PostgreSQL hub"}},
 	}
 	for _, c := range cases {
 		root := rootCommand()

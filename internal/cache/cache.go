@@ -126,6 +126,27 @@ func (c *Cache[V]) ExpireIdle(now time.Time) int {
 	return len(evicted)
 }
 
+// RemoveIf closes and drops every entry whose key matches.
+func (c *Cache[V]) RemoveIf(match func(key string) bool) int {
+	var evicted []V
+	c.mu.Lock()
+	for el := c.ll.Front(); el != nil; {
+		next := el.Next()
+		if e := el.Value.(*entry[V]); match(e.key) {
+			c.ll.Remove(el)
+			delete(c.items, e.key)
+			c.bytes -= e.size
+			evicted = append(evicted, e.v)
+		}
+		el = next
+	}
+	c.mu.Unlock()
+	for _, v := range evicted {
+		v.Close()
+	}
+	return len(evicted)
+}
+
 // Clear closes every entry.
 func (c *Cache[V]) Clear() {
 	c.mu.Lock()

@@ -66,3 +66,22 @@ func TestPutReplacesAndClear(t *testing.T) {
 		t.Fatal("clear did not close")
 	}
 }
+
+func TestRemoveIf(t *testing.T) {
+	c := New[val](0, 0)
+	now := time.Unix(0, 0)
+	closed := map[string]*int{}
+	for _, k := range []string{"a1", "b1", "a2"} {
+		closed[k] = new(int)
+		c.Put(k, val{1, closed[k]}, now)
+	}
+	if n := c.RemoveIf(func(k string) bool { return k[0] == 'a' }); n != 2 {
+		t.Fatalf("removed %d, want 2", n)
+	}
+	if *closed["a1"] != 1 || *closed["a2"] != 1 || *closed["b1"] != 0 {
+		t.Fatal("wrong entries closed")
+	}
+	if s := c.Stats(); s.Entries != 1 || s.Bytes != 1 {
+		t.Fatalf("stats after RemoveIf: %+v", s)
+	}
+}

@@ -202,6 +202,7 @@ func (e *Engine) lostPartition(p int, epoch int64) {
 	delete(e.leases, p)
 	e.mu.Unlock()
 	l.Stop()
+	e.forgetPartition(p)
 	e.log.Warn("partition lost", "partition", p, "epoch", epoch)
 	if h := e.opts.Hooks.OnLeaseEvent; h != nil {
 		h(p, epoch, "lost")
@@ -222,6 +223,7 @@ func (e *Engine) releasePartition(ctx context.Context, p int, why string) {
 	if err := l.Drain(ctx); err != nil {
 		e.log.Warn("partition drain incomplete", "partition", p, "err", err)
 	}
+	e.forgetPartition(p)
 	f := l.Fence()
 	err := e.be.PartitionRelease(context.WithoutCancel(ctx), &backend.PartitionReleaseParams{Partition: p, Owner: f.Owner, Epoch: f.Epoch, Now: e.clk.Now()})
 	if err != nil && !errors.Is(err, backend.ErrLeaseLost) {
@@ -250,4 +252,11 @@ func (e *Engine) releaseAll(ctx context.Context) error {
 	}
 	wg.Wait()
 	return ctx.Err()
+}
+
+// forgetPartition evicts the cached instances of a partition this worker no
+// longer owns: another worker will advance their histories, and a copy kept
+// here would be stale if the partition came back.
+func (e *Engine) forgetPartition(p int) {
+	e.cache.RemoveIf(func(id string) bool { return backend.PartitionOf(id, e.opts.PartitionCount) == p })
 }

@@ -112,12 +112,15 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 
 	unit := &backend.Commit{Fence: &fence, Now: start}
 	unit.Writes.ControlDelete = consumed
+	if !res.ResetHistory {
+		// Also when the step only drops messages: an instance that is
+		// behind the store (a stale copy) must not discard messages the
+		// real history needs.
+		unit.Instance = &backend.InstanceCondition{InstanceID: instanceID, ExpectVersion: before}
+	}
 	var woken []int
 	wakeActivities := false
 	if len(res.NewEvents) > 0 {
-		if !res.ResetHistory {
-			unit.Instance = &backend.InstanceCondition{InstanceID: instanceID, ExpectVersion: before}
-		}
 		w := &unit.Writes
 		app := &backend.HistoryAppend{InstanceID: instanceID, ExecutionID: res.ExecutionID, Reset: res.ResetHistory}
 		app.Events = make([]backend.HistoryRecord, len(res.NewEvents))
