@@ -377,6 +377,19 @@ type NewMessage struct {
 	// VisibleAt delays delivery (durable timers, scheduled starts). Zero
 	// means visible at once.
 	VisibleAt time.Time
+	// Lock, when set, inserts the message as already received by the
+	// sender (eager local delivery): DequeueCount 1, locked until
+	// Lock.Until by Lock.Epoch (control messages, under the sender's
+	// fence) or with Lock.Token (work items). The queue row still guards
+	// against a crash: the lock expires, or a newer epoch sees it.
+	Lock *MessageLock
+}
+
+// MessageLock is the lock of a message inserted as already received.
+type MessageLock struct {
+	Epoch int64  // control messages
+	Token string // work items
+	Until time.Time
 }
 
 // WorkItemLock names a received work item whose lock the commit must still

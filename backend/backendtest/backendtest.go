@@ -49,6 +49,8 @@ var suite = []test{
 	{name: "WorkItemCompeting", clock: true, run: testWorkItemCompeting},
 	{name: "WorkItemDelayed", clock: true, run: testWorkItemDelayed},
 	{name: "WorkItemComplete", clock: true, run: testWorkItemComplete},
+	{name: "ControlSentLocked", clock: true, run: testControlSentLocked},
+	{name: "WorkItemSentLocked", clock: true, run: testWorkItemSentLocked},
 	{name: "CommitRefused", run: testCommitRefused},
 	{name: "CommitAccepted", run: testCommitAccepted},
 	{name: "CommitInstanceRoundTrip", run: testCommitInstanceRoundTrip},

@@ -122,10 +122,10 @@ func newQueries(schema string) queries {
 				version = CASE WHEN EXCLUDED.version < 0 THEN {s}.instances.version ELSE EXCLUDED.version END`),
 		// A new row written with version -1 (keep the stored one) gets 0.
 		instanceNewVersion: x(`UPDATE {s}.instances SET version = 0 WHERE instance_id = ANY($1::text[]) AND version < 0`),
-		controlInsert: x(`INSERT INTO {s}.control (id, partition, instance_id, data, enqueued_at, visible_at)
-			SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::int8[], $6::int8[])`),
-		workInsert: x(`INSERT INTO {s}.work (id, instance_id, data, enqueued_at, visible_at)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::int8[])`),
+		controlInsert: x(`INSERT INTO {s}.control (id, partition, instance_id, data, enqueued_at, visible_at, dequeue_count, locked_epoch, locked_until)
+			SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::int8[], $6::int8[], $7::int4[], $8::int8[], $9::int8[])`),
+		workInsert: x(`INSERT INTO {s}.work (id, instance_id, data, enqueued_at, visible_at, dequeue_count, lock_token, locked_until)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::int8[], $6::int4[], $7::text[], $8::int8[])`),
 		controlDelete: x(`DELETE FROM {s}.control c USING unnest($1::text[]) AS k (id) WHERE c.id = k.id`),
 		poisonInsert: x(`INSERT INTO {s}.poison (id, queue, partition, instance_id, data, dequeue_count, reason, created_at)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::bytea[], $6::int4[], $7::text[], $8::int8[])`),

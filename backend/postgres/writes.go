@@ -42,6 +42,11 @@ type writeGroup struct {
 	ctlParts                []int32
 	ctlData                 [][]byte
 	ctlEnq, ctlVis          []int64
+	ctlDeq                  []int32
+	ctlEpoch, ctlUntil      []int64
+	workDeq                 []int32
+	workTokens              []string
+	workUntil               []int64
 	sent, deleted           map[string]bool
 	ctlDelete               []string
 	workIDs, workInsts      []string
@@ -149,8 +154,18 @@ func (g *writeGroup) add(i int, c *backend.Commit) error {
 		g.ctlData = append(g.ctlData, m.Data)
 		g.ctlEnq = append(g.ctlEnq, now)
 		g.ctlVis = append(g.ctlVis, visibleAt(m, now))
+		var deq int32
+		var epoch, until int64
+		if m.Lock != nil {
+			deq, epoch, until = 1, m.Lock.Epoch, m.Lock.Until.UnixNano()
+		}
+		g.ctlDeq = append(g.ctlDeq, deq)
+		g.ctlEpoch = append(g.ctlEpoch, epoch)
+		g.ctlUntil = append(g.ctlUntil, until)
 		g.sent[m.ID] = true
-		g.notify(int32(m.Partition))
+		if m.Lock == nil { // a locked message is delivered by its sender
+			g.notify(int32(m.Partition))
+		}
 	}
 	for _, m := range w.WorkSend {
 		g.workIDs = append(g.workIDs, m.ID)
@@ -158,7 +173,17 @@ func (g *writeGroup) add(i int, c *backend.Commit) error {
 		g.workData = append(g.workData, m.Data)
 		g.workEnq = append(g.workEnq, now)
 		g.workVis = append(g.workVis, visibleAt(m, now))
-		g.notifyWork = true
+		var deq int32
+		var token string
+		var until int64
+		if m.Lock != nil {
+			deq, token, until = 1, m.Lock.Token, m.Lock.Until.UnixNano()
+		} else {
+			g.notifyWork = true // a locked item is run by its sender
+		}
+		g.workDeq = append(g.workDeq, deq)
+		g.workTokens = append(g.workTokens, token)
+		g.workUntil = append(g.workUntil, until)
 	}
 	for _, id := range w.ControlDelete {
 		g.ctlDelete = append(g.ctlDelete, id)
@@ -280,10 +305,10 @@ func (g *writeGroup) queue(w *batchWrites, q *queries) {
 		}
 	}
 	if len(g.ctlIDs) > 0 {
-		w.queue(what("send control messages"), -1, q.controlInsert, g.ctlIDs, g.ctlParts, g.ctlInsts, g.ctlData, g.ctlEnq, g.ctlVis)
+		w.queue(what("send control messages"), -1, q.controlInsert, g.ctlIDs, g.ctlParts, g.ctlInsts, g.ctlData, g.ctlEnq, g.ctlVis, g.ctlDeq, g.ctlEpoch, g.ctlUntil)
 	}
 	if len(g.workIDs) > 0 {
-		w.queue(what("send work items"), -1, q.workInsert, g.workIDs, g.workInsts, g.workData, g.workEnq, g.workVis)
+		w.queue(what("send work items"), -1, q.workInsert, g.workIDs, g.workInsts, g.workData, g.workEnq, g.workVis, g.workDeq, g.workTokens, g.workUntil)
 	}
 	if len(g.ctlDelete) > 0 {
 		w.queue(what("delete control messages"), -1, q.controlDelete, g.ctlDelete)

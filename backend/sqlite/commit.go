@@ -205,8 +205,9 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 			if m.Partition < 0 || m.Partition >= count {
 				return fmt.Errorf("control message %q: partition %d is out of range [0, %d)", m.ID, m.Partition, count)
 			}
+			deq, epoch, until := lockColumns(m)
 			_, err := ws.controlInsert.ExecContext(ctx,
-				m.ID, int64(m.Partition), m.InstanceID, m.Data, now, visibleAt(m, now))
+				m.ID, int64(m.Partition), m.InstanceID, m.Data, now, visibleAt(m, now), deq, epoch, until)
 			if err != nil {
 				return fmt.Errorf("send control message %q: %w", m.ID, err)
 			}
@@ -214,7 +215,12 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 	}
 
 	for _, m := range w.WorkSend {
-		if _, err := ws.workInsert.ExecContext(ctx, m.ID, m.InstanceID, m.Data, now, visibleAt(m, now)); err != nil {
+		deq, _, until := lockColumns(m)
+		token := ""
+		if m.Lock != nil {
+			token = m.Lock.Token
+		}
+		if _, err := ws.workInsert.ExecContext(ctx, m.ID, m.InstanceID, m.Data, now, visibleAt(m, now), deq, token, until); err != nil {
 			return fmt.Errorf("send work item %q: %w", m.ID, err)
 		}
 	}
@@ -260,4 +266,13 @@ func (bc *batchCommit) partitionCount() (int, error) {
 	}
 	bc.b.partitionCount.Store(int64(h.PartitionCount))
 	return h.PartitionCount, nil
+}
+
+// lockColumns are the dequeue count, lock epoch and lock expiry of a message
+// inserted as already received (NewMessage.Lock), or zeros.
+func lockColumns(m *backend.NewMessage) (dequeueCount, epoch, until int64) {
+	if m.Lock == nil {
+		return 0, 0, 0
+	}
+	return 1, m.Lock.Epoch, m.Lock.Until.UnixNano()
 }

@@ -89,10 +89,10 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn) error {
 				completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at,
 				parent_instance_id = excluded.parent_instance_id,
 				version = CASE WHEN ?14 < 0 THEN instances.version ELSE ?14 END`},
-		{&s.controlInsert, `INSERT INTO control (id, partition, instance_id, data, enqueued_at, visible_at)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6)`},
-		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at)
-			VALUES (?1, ?2, ?3, ?4, ?5)`},
+		{&s.controlInsert, `INSERT INTO control (id, partition, instance_id, data, enqueued_at, visible_at, dequeue_count, locked_epoch, locked_until)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)`},
+		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at, dequeue_count, lock_token, locked_until)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
 		{&s.controlDelete, `DELETE FROM control WHERE id = ?1`},
 		{&s.poisonInsert, `INSERT INTO poison (id, queue, partition, instance_id, data, dequeue_count, reason, created_at)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},

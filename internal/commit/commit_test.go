@@ -538,6 +538,54 @@ func TestCommitContextEndsUnitStillWritten(t *testing.T) {
 	wantInstance(t, be, "impatient")
 }
 
+// loopParked reports whether every batching goroutine waits in its select
+// for work or Stop.
+func loopParked() bool {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	loops := 0
+	for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+		if strings.Contains(g, "commit.(*Committer).loop(") {
+			if !strings.Contains(strings.SplitN(g, "\n", 2)[0], "[select") {
+				return false
+			}
+			loops++
+		}
+	}
+	return loops > 0
+}
+
+// A unit queued at the very moment Stop is called, while the batching
+// goroutine is idle and before the unit's wake-up signal arrives, is still
+// written: Stop flushes the queue rather than dropping it. The unit is put
+// in the queue directly (white-box) to hold that window open.
+func TestStopFlushesUnitQueuedWhileIdle(t *testing.T) {
+	be, _ := openHub(t)
+	spy := &spyBackend{Backend: be}
+	c := New(spy, Options{})
+	c.Start()
+	t.Cleanup(c.Stop)
+	waitUntil(t, "the batching goroutine is idle", loopParked)
+
+	r := &request{c: upsert("racing"), done: make(chan error, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, r)
+	c.mu.Unlock()
+	c.Stop()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("unit queued as Stop began: %v", err)
+		}
+	default:
+		t.Fatal("Stop returned without answering a queued unit")
+	}
+	wantInstance(t, be, "racing")
+	if got := fmt.Sprint(spy.calls()); got != "[1]" {
+		t.Errorf("CommitBatch sizes = %s, want [1]", got)
+	}
+}
+
 // loopGoroutines counts the committer's batching goroutines in a dump of
 // all goroutine stacks.
 func loopGoroutines() int {
@@ -551,9 +599,12 @@ func loopGoroutines() int {
 	}
 }
 
-// Start runs Concurrency batching goroutines and Stop ends all of them.
+// Start runs Concurrency batching goroutines and Stop ends all of them, and
+// nothing else the committer started outlives it.
 func TestStopLeavesNoGoroutine(t *testing.T) {
 	be, _ := openHub(t)
+	wantNoInstance(t, be, "warm-up") // opens a read connection: not a leak
+	goroutinesBefore := runtime.NumGoroutine()
 	before := loopGoroutines()
 	c := New(be, Options{Concurrency: 3})
 	c.Start()
@@ -568,6 +619,9 @@ func TestStopLeavesNoGoroutine(t *testing.T) {
 	}
 	c.Stop()
 	waitUntil(t, "the batching goroutines have exited", func() bool { return loopGoroutines() == before })
+	waitUntil(t, fmt.Sprintf("the goroutine count is back to %d", goroutinesBefore), func() bool {
+		return runtime.NumGoroutine() <= goroutinesBefore
+	})
 }
 
 // BenchmarkCommitBatch measures units committed per second through the

@@ -163,6 +163,13 @@ func (l *Listener) Drain(ctx context.Context) error {
 		// Best effort: the next owner's newer epoch sees them anyway.
 		_ = l.be.ControlAbandon(ctx, &backend.ControlAbandonParams{Fence: l.fence, IDs: ids, VisibleAt: l.opts.Clock.Now()})
 	}
+	// A finished drain wins over an ended ctx: select alone would pick at
+	// random when both are ready.
+	select {
+	case <-l.idle:
+		return nil
+	default:
+	}
 	select {
 	case <-l.idle:
 		return nil
@@ -205,6 +212,32 @@ func (l *Listener) Done(instanceID string) {
 		l.dispatch(l.fence, instanceID, next, func() { l.Done(instanceID) })
 	}
 	l.Wake() // room in the buffer
+}
+
+// HasRoom reports whether the prefetch buffer can take more messages.
+func (l *Listener) HasRoom() bool { return l.room() > 0 }
+
+// Deliver hands the listener messages this process enqueued already locked
+// by the listener's epoch (eager local delivery), as if it had received
+// them. A listener that has stopped ignores them: their lock belongs to an
+// epoch that is over or about to be, so the next owner receives them.
+func (l *Listener) Deliver(msgs []*backend.ControlMessage) {
+	l.mu.Lock()
+	stopped := l.draining || l.stoppedLocked()
+	l.mu.Unlock()
+	if stopped {
+		return
+	}
+	l.accept(msgs)
+}
+
+func (l *Listener) stoppedLocked() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Buffered returns how many messages the listener holds.

@@ -129,12 +129,14 @@ func (e *Engine) invokeActivity(ctx context.Context, m *history.Message) (out []
 func (e *Engine) completeWorkItem(ctx context.Context, it *backend.WorkItem, reply *history.Message, poison *backend.Poison) {
 	now := e.clk.Now()
 	unit := &backend.Commit{WorkItem: &backend.WorkItemLock{ID: it.ID, LockToken: it.LockToken}, Now: now}
-	p := -1
+	out := e.newOutbox(now)
 	if reply != nil {
-		p = backend.PartitionOf(reply.InstanceID, e.opts.PartitionCount)
-		unit.Writes.ControlSend = []*backend.NewMessage{{
-			ID: newID(), Partition: p, InstanceID: reply.InstanceID, Data: e.codec.encodeMessage(reply, &unit.Writes.Payloads),
-		}}
+		nm := &backend.NewMessage{
+			ID: newID(), Partition: backend.PartitionOf(reply.InstanceID, e.opts.PartitionCount),
+			InstanceID: reply.InstanceID, Data: e.codec.encodeMessage(reply, &unit.Writes.Payloads),
+		}
+		unit.Writes.ControlSend = []*backend.NewMessage{nm}
+		out.addControl(nm)
 	}
 	if poison != nil {
 		unit.Writes.Poison = []*backend.Poison{poison}
@@ -146,8 +148,8 @@ func (e *Engine) completeWorkItem(ctx context.Context, it *backend.WorkItem, rep
 	case err != nil:
 		e.log.Warn("activity completion failed: work item abandoned", "id", it.ID, "err", err)
 		_ = e.be.WorkItemAbandon(context.WithoutCancel(ctx), &backend.WorkItemAbandonParams{ID: it.ID, LockToken: it.LockToken, VisibleAt: now.Add(time.Second)})
-	case p >= 0:
-		e.WakePartition(p)
+	default:
+		out.committed()
 	}
 }
 

@@ -73,11 +73,20 @@ func (c *Client) commit(ctx context.Context, unit *backend.Commit) error {
 	return errs[0]
 }
 
-func (c *Client) sent(instanceID string, partition int) {
-	if c.eng != nil {
-		c.eng.WakePartition(partition)
-		c.eng.Notify.Changed(instanceID)
+// commitSend commits a unit whose only control message is nm, delivering
+// it in memory when the client's engine owns its partition.
+func (c *Client) commitSend(ctx context.Context, unit *backend.Commit, nm *backend.NewMessage) error {
+	if c.eng == nil {
+		return c.commit(ctx, unit)
 	}
+	out := c.eng.newOutbox(unit.Now)
+	out.addControl(nm)
+	if err := c.commit(ctx, unit); err != nil {
+		return err
+	}
+	out.committed()
+	c.eng.Notify.Changed(nm.InstanceID)
+	return nil
 }
 
 // ScheduleParams describe a new instance.
@@ -111,12 +120,9 @@ func (c *Client) Schedule(ctx context.Context, p ScheduleParams) error {
 		Type: history.ExecutionStarted, Time: now, Name: p.Name, ExecutionID: execID, Input: p.Input, FireAt: p.StartAt,
 	}}
 	part := backend.PartitionOf(p.InstanceID, pc)
-	w.ControlSend = []*backend.NewMessage{{ID: newID(), Partition: part, InstanceID: p.InstanceID, VisibleAt: p.StartAt, Data: c.codec.encodeMessage(msg, &w.Payloads)}}
-	if err := c.commit(ctx, unit); err != nil {
-		return err
-	}
-	c.sent(p.InstanceID, part)
-	return nil
+	nm := &backend.NewMessage{ID: newID(), Partition: part, InstanceID: p.InstanceID, VisibleAt: p.StartAt, Data: c.codec.encodeMessage(msg, &w.Payloads)}
+	w.ControlSend = []*backend.NewMessage{nm}
+	return c.commitSend(ctx, unit, nm)
 }
 
 // Send delivers an event message to a running instance: EventRaised,
@@ -146,11 +152,7 @@ func (c *Client) Send(ctx context.Context, instanceID string, ev *history.Event)
 		nm.VisibleAt = row.ScheduledStartAt
 	}
 	unit.Writes.ControlSend = []*backend.NewMessage{nm}
-	if err := c.commit(ctx, unit); err != nil {
-		return err
-	}
-	c.sent(instanceID, part)
-	return nil
+	return c.commitSend(ctx, unit, nm)
 }
 
 // Get returns an instance row with its payloads resolved and, when with

@@ -118,8 +118,7 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 		// real history needs.
 		unit.Instance = &backend.InstanceCondition{InstanceID: instanceID, ExpectVersion: before}
 	}
-	var woken []int
-	wakeActivities := false
+	out := e.newOutbox(start)
 	if len(res.NewEvents) > 0 {
 		w := &unit.Writes
 		app := &backend.HistoryAppend{InstanceID: instanceID, ExecutionID: res.ExecutionID, Reset: res.ResetHistory}
@@ -135,19 +134,18 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 			nm.Data = e.codec.encodeMessage(&msg, &w.Payloads)
 			if ob.WorkItem {
 				w.WorkSend = append(w.WorkSend, nm)
-				wakeActivities = true
+				out.addWork(nm)
 				continue
 			}
 			nm.Partition = backend.PartitionOf(msg.InstanceID, e.opts.PartitionCount)
 			w.ControlSend = append(w.ControlSend, nm)
-			if ob.VisibleAt.IsZero() || !ob.VisibleAt.After(start) {
-				woken = append(woken, nm.Partition)
-			}
+			out.addControl(nm)
 		}
 	}
 
 	err = e.committer.Commit(ctx, unit)
 	if err != nil {
+		out.failed()
 		c.Close()
 		if errors.Is(err, backend.ErrLeaseLost) {
 			e.log.Warn("step refused: lease lost", "instance", instanceID, "partition", fence.Partition, "epoch", fence.Epoch)
@@ -162,12 +160,7 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 	} else {
 		e.cache.Put(instanceID, c, e.clk.Now())
 	}
-	for _, p := range woken {
-		e.WakePartition(p)
-	}
-	if wakeActivities {
-		e.dispatcher.Wake()
-	}
+	out.committed()
 	if len(res.NewEvents) > 0 {
 		e.Notify.Changed(instanceID)
 	}

@@ -49,6 +49,9 @@ type Dispatcher struct {
 	slots chan struct{}
 	wake  chan struct{}
 
+	mu       sync.Mutex
+	stopping bool
+
 	runCtx    context.Context
 	runCancel context.CancelFunc
 	cancel    context.CancelFunc
@@ -99,6 +102,39 @@ func (d *Dispatcher) Wake() {
 	}
 }
 
+// TryReserve takes a free activity slot for eager dispatch, without
+// waiting. A reserved slot must be given to RunReserved or Release.
+func (d *Dispatcher) TryReserve() bool {
+	select {
+	case d.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// Release gives back a slot taken by TryReserve.
+func (d *Dispatcher) Release() {
+	<-d.slots
+	d.Wake()
+}
+
+// RunReserved runs a work item this process enqueued already locked (eager
+// dispatch) in a slot taken by TryReserve. After Stop it abandons the item
+// instead, so another worker runs it at once.
+func (d *Dispatcher) RunReserved(it *backend.WorkItem) {
+	d.mu.Lock()
+	if d.stopping {
+		d.mu.Unlock()
+		<-d.slots
+		_ = d.be.WorkItemAbandon(context.Background(), &backend.WorkItemAbandonParams{ID: it.ID, LockToken: it.LockToken, VisibleAt: d.opts.Clock.Now()})
+		return
+	}
+	d.workers.Add(1)
+	d.mu.Unlock()
+	go d.execute(it)
+}
+
 // InUse returns the number of busy slots.
 func (d *Dispatcher) InUse() int { return len(d.slots) }
 
@@ -107,6 +143,9 @@ func (d *Dispatcher) InUse() int { return len(d.slots) }
 func (d *Dispatcher) Stop(ctx context.Context) error {
 	var err error
 	d.stopOnce.Do(func() {
+		d.mu.Lock()
+		d.stopping = true
+		d.mu.Unlock()
 		if d.cancel == nil {
 			return
 		}
@@ -117,9 +156,14 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 		select {
 		case <-finished:
 		case <-ctx.Done():
+			// Only a stop that cuts activities short is an error: with
+			// every slot free (all runs returned) the stop is clean, even
+			// if finished has not been closed yet.
+			if len(d.slots) > 0 {
+				err = ctx.Err()
+			}
 			d.runCancel()
 			<-finished
-			err = ctx.Err()
 		}
 		d.runCancel()
 	})
@@ -148,9 +192,20 @@ func (d *Dispatcher) loop(ctx context.Context) {
 		}
 		if len(items) > 0 {
 			poll.Reset()
-			for _, it := range items {
-				d.slots <- struct{}{}
+			for i, it := range items {
+				// Eager dispatch may have taken the slots counted as
+				// free: wait for one, or give the rest back on stop.
+				select {
+				case d.slots <- struct{}{}:
+				case <-ctx.Done():
+					for _, rest := range items[i:] {
+						_ = d.be.WorkItemAbandon(context.WithoutCancel(ctx), &backend.WorkItemAbandonParams{ID: rest.ID, LockToken: rest.LockToken, VisibleAt: d.opts.Clock.Now()})
+					}
+					return
+				}
+				d.mu.Lock()
 				d.workers.Add(1)
+				d.mu.Unlock()
 				go d.execute(it)
 			}
 			continue

@@ -1,0 +1,91 @@
+package engine
+
+import (
+	"time"
+
+	"github.com/taskhub/taskhub/backend"
+	"github.com/taskhub/taskhub/internal/controlqueue"
+)
+
+// Eager local delivery. A message this process enqueues to a queue it
+// serves itself is inserted already locked for this process and handed over
+// in memory after the commit, so no receive round trip (a write transaction
+// on SQL backends) stands between one step and the next. The queue row
+// still guards against a crash: a work item's lock expires and another
+// worker runs it; a control message's lock belongs to this partition's epoch,
+// and the next owner's newer epoch sees it at once.
+
+// outbox collects the eager deliveries of one commit.
+type outbox struct {
+	e       *Engine
+	now     time.Time
+	work    []*backend.NewMessage // reserved activity slots
+	control map[*controlqueue.Listener][]*backend.NewMessage
+	wake    []int // partitions to wake (not delivered in memory)
+	wakeAct bool
+}
+
+func (e *Engine) newOutbox(now time.Time) *outbox { return &outbox{e: e, now: now} }
+
+// addWork prepares a work item: eagerly when an activity slot is free.
+func (o *outbox) addWork(nm *backend.NewMessage) {
+	if o.e.dispatcher.TryReserve() {
+		nm.Lock = &backend.MessageLock{Token: newID(), Until: o.now.Add(o.e.opts.WorkItemVisibilityTimeout)}
+		o.work = append(o.work, nm)
+		return
+	}
+	o.wakeAct = true
+}
+
+// addControl prepares a control message: eagerly when this process owns its
+// partition, the listener has room, and the message is due now.
+func (o *outbox) addControl(nm *backend.NewMessage) {
+	if !nm.VisibleAt.IsZero() && nm.VisibleAt.After(o.now) {
+		return // a timer: the listener sleeps until it is due
+	}
+	o.e.mu.Lock()
+	l := o.e.owned[nm.Partition]
+	o.e.mu.Unlock()
+	if l == nil || !l.HasRoom() {
+		o.wake = append(o.wake, nm.Partition)
+		return
+	}
+	nm.Lock = &backend.MessageLock{Epoch: l.Fence().Epoch, Until: o.now.Add(o.e.opts.ControlQueueVisibilityTimeout)}
+	if o.control == nil {
+		o.control = map[*controlqueue.Listener][]*backend.NewMessage{}
+	}
+	o.control[l] = append(o.control[l], nm)
+}
+
+// committed delivers everything after a successful commit.
+func (o *outbox) committed() {
+	for _, nm := range o.work {
+		o.e.dispatcher.RunReserved(&backend.WorkItem{
+			ID: nm.ID, InstanceID: nm.InstanceID, Data: nm.Data, EnqueuedAt: o.now,
+			DequeueCount: 1, LockToken: nm.Lock.Token, LockedUntil: nm.Lock.Until,
+		})
+	}
+	for l, nms := range o.control {
+		msgs := make([]*backend.ControlMessage, len(nms))
+		for i, nm := range nms {
+			msgs[i] = &backend.ControlMessage{
+				ID: nm.ID, Partition: nm.Partition, InstanceID: nm.InstanceID, Data: nm.Data,
+				EnqueuedAt: o.now, VisibleAt: o.now, DequeueCount: 1,
+			}
+		}
+		l.Deliver(msgs)
+	}
+	for _, p := range o.wake {
+		o.e.WakePartition(p)
+	}
+	if o.wakeAct {
+		o.e.dispatcher.Wake()
+	}
+}
+
+// failed gives back what was reserved when the commit did not happen.
+func (o *outbox) failed() {
+	for range o.work {
+		o.e.dispatcher.Release()
+	}
+}
