@@ -312,6 +312,21 @@ func (c *Client) ResumeInstance(ctx context.Context, instanceID, reason string) 
 	return c.c.Send(ctx, instanceID, &history.Event{Type: history.ExecutionResumed, Input: b})
 }
 
+// RewindInstance re-runs what made a failed instance fail: its history is
+// cut back to before the step that received its first failure, failed
+// activities run again (with their original task IDs), failed
+// sub-orchestrations are rewound in turn, and results received since are
+// delivered again. An instance that failed without a failed task re-runs its
+// last step (useful after fixing an orchestrator bug). It fails with
+// ErrInstanceNotFound or ErrInstanceNotFailed.
+func (c *Client) RewindInstance(ctx context.Context, instanceID, reason string) error {
+	b, _ := json.Marshal(reason)
+	if err := c.c.Rewind(ctx, instanceID, b); err != nil {
+		return fmt.Errorf("rewind %q: %w", instanceID, err)
+	}
+	return nil
+}
+
 // PurgeInstance deletes a finished instance: its row, history and payloads.
 // It fails with ErrInstanceNotFound or ErrInstanceNotFinished.
 func (c *Client) PurgeInstance(ctx context.Context, instanceID string) error {

@@ -20,6 +20,8 @@ var (
 	// ErrInstanceFinished: the operation (raise, terminate, suspend) needs
 	// a running instance.
 	ErrInstanceFinished = engine.ErrInstanceFinished
+	// ErrInstanceNotFailed: RewindInstance needs a failed instance.
+	ErrInstanceNotFailed = engine.ErrInstanceNotFailed
 	// ErrEventTimeout: WaitForExternalEvent's timeout passed first.
 	ErrEventTimeout = orchestration.ErrEventTimeout
 	// ErrActivityTimeout is the cause of an activity attempt that ran past

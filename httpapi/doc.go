@@ -24,7 +24,7 @@
 //	POST   /instances/{instanceId}/suspend?reason=
 //	POST   /instances/{instanceId}/resume?reason=
 //	POST   /instances/{instanceId}/restart               (restartWithNewInstanceId, default true)
-//	POST   /instances/{instanceId}/rewind?reason=        501: the engine cannot rewind yet
+//	POST   /instances/{instanceId}/rewind?reason=        202; 409 instance_not_failed unless Failed
 //
 // Starting and restarting answer 202 Accepted with a Location header (the
 // status URI), a Retry-After header and the Durable Functions management
@@ -110,7 +110,8 @@
 //	instance_finished          410  the operation needs an instance that has not finished
 //	instance_not_finished      400  a purge of an instance that has not finished
 //	instance_failed            500  returnInternalServerErrorOnFailure and the instance failed
-//	not_implemented            501  rewind (not available yet)
+//	instance_not_failed        409  rewind of an instance that has not failed
+//	not_implemented            501  an operation this server does not offer
 //	unavailable                503  the task hub does not exist or the request was cancelled
 //	internal_error             500  anything else; the details are logged, not returned
 package httpapi

@@ -61,6 +61,7 @@ const (
 	CodeInstanceExists           = "instance_exists"
 	CodeInstanceFinished         = "instance_finished"
 	CodeInstanceNotFinished      = "instance_not_finished"
+	CodeInstanceNotFailed        = "instance_not_failed"
 	CodeInstanceFailed           = "instance_failed"
 	CodeNotImplemented           = "not_implemented"
 	CodeUnavailable              = "unavailable"
@@ -134,9 +135,7 @@ type handler struct {
 	retryAfter string
 	mux        *http.ServeMux
 
-	// rewind rewinds a failed instance. The engine cannot yet: it answers
-	// errNotImplemented. Wiring it is one assignment in New, e.g.
-	// h.rewind = client.RewindInstance.
+	// rewind rewinds a failed instance (a field so tests can replace it).
 	rewind func(ctx context.Context, instanceID, reason string) error
 }
 
@@ -158,9 +157,7 @@ func New(client *taskhub.Client, opts Options) http.Handler {
 		authOn:     len(opts.Keys) > 0,
 		retryAfter: strconv.Itoa(max(1, int(opts.RetryAfter.Round(time.Second)/time.Second))),
 		mux:        http.NewServeMux(),
-		rewind: func(context.Context, string, string) error {
-			return errRewindNotAvailable
-		},
+		rewind:     client.RewindInstance,
 	}
 	for _, k := range opts.Keys {
 		if k == "" {
@@ -174,8 +171,6 @@ func New(client *taskhub.Client, opts Options) http.Handler {
 
 // errNotImplemented marks operations the engine does not offer yet.
 var errNotImplemented = errors.New("not implemented")
-
-var errRewindNotAvailable = fmt.Errorf("%w: rewind is not available yet: the taskhub engine cannot rewind failed instances; restart the instance instead", errNotImplemented)
 
 // route is one path with its handlers, in the order of the Allow header.
 type route struct {
@@ -357,6 +352,8 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusNotFound, CodeInstanceNotFound, err.Error())
 	case errors.Is(err, taskhub.ErrInstanceFinished):
 		writeError(w, http.StatusGone, CodeInstanceFinished, err.Error())
+	case errors.Is(err, taskhub.ErrInstanceNotFailed):
+		writeError(w, http.StatusConflict, CodeInstanceNotFailed, err.Error())
 	case errors.Is(err, taskhub.ErrInstanceNotFinished):
 		writeError(w, http.StatusBadRequest, CodeInstanceNotFinished, err.Error())
 	case errors.Is(err, taskhub.ErrInvalidInput) || errors.As(err, &typeErr):

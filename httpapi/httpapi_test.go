@@ -452,14 +452,21 @@ func TestRestart(t *testing.T) {
 	wantError(t, e.do(http.MethodPost, "/instances/rs-1/restart?restartWithNewInstanceId=maybe", ""), http.StatusBadRequest, httpapi.CodeInvalidParameter)
 }
 
-func TestRewindNotImplemented(t *testing.T) {
+func TestRewind(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, httpapi.Options{})
-	d := wantError(t, e.do(http.MethodPost, "/instances/any/rewind?reason=retry", ""), http.StatusNotImplemented, httpapi.CodeNotImplemented)
-	if !strings.Contains(d.Message, "rewind is not available yet") {
-		t.Fatalf("message %q", d.Message)
-	}
+	wantError(t, e.do(http.MethodPost, "/instances/any/rewind?reason=retry", ""), http.StatusNotFound, httpapi.CodeInstanceNotFound)
 	wantError(t, e.do(http.MethodPost, "/instances/@x/rewind", ""), http.StatusBadRequest, httpapi.CodeInvalidInstanceID)
+
+	e.start(samples.HelloSequenceName, "rw-ok", "")
+	e.waitDone("rw-ok")
+	wantError(t, e.do(http.MethodPost, "/instances/rw-ok/rewind", ""), http.StatusConflict, httpapi.CodeInstanceNotFailed)
+
+	// A negative fan-out size fails the orchestration; rewinding it is
+	// accepted (and, the input being what it is, fails again).
+	e.start(samples.FanOutFanInName, "rw-failed", "-1")
+	e.waitDone("rw-failed")
+	wantStatus(t, e.do(http.MethodPost, "/instances/rw-failed/rewind?reason=retry", ""), http.StatusAccepted)
 }
 
 func TestPurge(t *testing.T) {

@@ -418,7 +418,7 @@ var sharedErrors = map[string]string{
 	"status unknown":  `instance "nope" not found`,
 	"history unknown": `instance "nope" not found`,
 	"raise finished":  `instance "hello-1" has already finished`,
-	"rewind":          errRewindUnavailable.Error(),
+	"rewind":          `instance "approval-1" has not failed: only Failed instances can be rewound`,
 }
 
 // TestCLIFlagErrors checks flag validation that needs no hub.
@@ -620,7 +620,11 @@ func (f *fakeDF) instance(w http.ResponseWriter, r *http.Request, in *fakeInstan
 		f.reply(w, http.StatusOK, map[string]int{"instancesDeleted": 1})
 	case r.Method == http.MethodPost && len(rest) >= 1:
 		if rest[0] == "rewind" {
-			f.fail(w, http.StatusNotImplemented, "not_implemented", "not implemented")
+			if in.status != "Failed" {
+				f.fail(w, http.StatusConflict, "instance_not_failed", "instance is "+in.status)
+				return
+			}
+			f.reply(w, http.StatusAccepted, nil)
 			return
 		}
 		if finished {

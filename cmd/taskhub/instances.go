@@ -53,7 +53,7 @@ var (
 	}
 	purgeableStatuses = []taskhub.Status{taskhub.StatusCompleted, taskhub.StatusFailed, taskhub.StatusTerminated}
 
-	errRewindUnavailable = errors.New(`rewind is not available yet: the taskhub engine cannot rewind a failed instance; start a new one with "taskhub start"`)
+	errRewindUnavailable = errors.New(`the server cannot rewind instances (it answered 501)`)
 )
 
 // instanceTarget is what the client commands act on.
@@ -125,6 +125,8 @@ func explain(err error, id string) error {
 		return &cliError{fmt.Sprintf("instance %q has already finished", id), err}
 	case errors.Is(err, taskhub.ErrInstanceNotFinished):
 		return &cliError{fmt.Sprintf("instance %q has not finished: only Completed, Failed and Terminated instances can be purged (terminate it first)", id), err}
+	case errors.Is(err, taskhub.ErrInstanceNotFailed):
+		return &cliError{fmt.Sprintf("instance %q has not failed: only Failed instances can be rewound", id), err}
 	}
 	return err
 }
@@ -604,7 +606,7 @@ func rewindCommand() *cobra.Command {
 	var reason string
 	cmd := &cobra.Command{
 		Use:   "rewind <instance-id>",
-		Short: "Rewind a failed instance (not available yet)",
+		Short: "Rewind a failed instance: re-run what failed, keep what succeeded",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withTarget(cmd, func(ctx context.Context, t instanceTarget) error {
@@ -790,7 +792,9 @@ func (l *localTarget) Resume(ctx context.Context, id, reason string) error {
 	return l.check(l.client.ResumeInstance(ctx, id, reason))
 }
 
-func (l *localTarget) Rewind(context.Context, string, string) error { return errRewindUnavailable }
+func (l *localTarget) Rewind(ctx context.Context, id, reason string) error {
+	return l.client.RewindInstance(ctx, id, reason)
+}
 
 func (l *localTarget) Purge(ctx context.Context, id string) error {
 	return l.check(l.client.PurgeInstance(ctx, id))
@@ -939,6 +943,8 @@ func (h *httpTarget) errorOf(status int, body []byte) error {
 		e.sentinel = taskhub.ErrInstanceFinished
 	case e.code == "instance_not_finished":
 		e.sentinel = taskhub.ErrInstanceNotFinished
+	case e.code == "instance_not_failed":
+		e.sentinel = taskhub.ErrInstanceNotFailed
 	}
 	return e
 }

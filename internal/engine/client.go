@@ -44,6 +44,31 @@ func NewClient(be backend.Backend, eng *Engine, clk clock.Clock, largePayloadThr
 // ErrInstanceFinished is returned when an operation needs a running instance.
 var ErrInstanceFinished = errors.New("instance has finished")
 
+// ErrInstanceNotFailed is returned when rewinding an instance that has not
+// failed.
+var ErrInstanceNotFailed = errors.New("instance has not failed")
+
+// Rewind asks a failed instance to re-run what failed (see Engine.rewind).
+func (c *Client) Rewind(ctx context.Context, instanceID string, reason []byte) error {
+	pc, err := c.partitions(ctx)
+	if err != nil {
+		return err
+	}
+	row, err := c.be.InstanceGet(ctx, instanceID)
+	if err != nil {
+		return err
+	}
+	if row.Status != backend.StatusFailed {
+		return fmt.Errorf("instance %q is %s: %w", instanceID, row.Status, ErrInstanceNotFailed)
+	}
+	now := c.clk.Now()
+	msg := &history.Message{InstanceID: instanceID, ExecutionID: row.ExecutionID, Event: &history.Event{Type: history.ExecutionRewound, Time: now, Input: reason}}
+	unit := &backend.Commit{Now: now}
+	nm := &backend.NewMessage{ID: newID(), Partition: backend.PartitionOf(instanceID, pc), InstanceID: instanceID, Data: c.codec.encodeMessage(msg, &unit.Writes.Payloads)}
+	unit.Writes.ControlSend = []*backend.NewMessage{nm}
+	return c.commitSend(ctx, unit, nm)
+}
+
 func (c *Client) partitions(ctx context.Context) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -73,6 +73,13 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 		e.poisonControl(ctx, fence, instanceID, raw, poisoned)
 		return
 	}
+	for i, m := range msgs {
+		if m.Event.Type == history.ExecutionRewound {
+			others := append(append([]*backend.ControlMessage(nil), good[:i]...), good[i+1:]...)
+			e.rewind(ctx, fence, instanceID, m, good[i], others)
+			return
+		}
+	}
 
 	c, fromCache := e.cache.Take(instanceID)
 	var past []*history.Event

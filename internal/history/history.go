@@ -61,6 +61,10 @@ const (
 	EventSent Type = 15
 	// EventRaised: Name, Input.
 	EventRaised Type = 16
+	// ExecutionRewound asks a failed instance to rewind (a message only,
+	// never in history): the engine cuts its history back to before the
+	// step of its first failure and re-runs what failed. Input = reason.
+	ExecutionRewound Type = 17
 )
 
 var typeNames = [...]string{
@@ -80,6 +84,7 @@ var typeNames = [...]string{
 	SubOrchestrationFailed:    "SubOrchestrationFailed",
 	EventSent:                 "EventSent",
 	EventRaised:               "EventRaised",
+	ExecutionRewound:          "ExecutionRewound",
 }
 
 func (t Type) String() string {
@@ -90,7 +95,7 @@ func (t Type) String() string {
 }
 
 // Valid reports whether t is a known event type.
-func (t Type) Valid() bool { return t >= ExecutionStarted && t <= EventRaised }
+func (t Type) Valid() bool { return t >= ExecutionStarted && t <= ExecutionRewound }
 
 // Execution statuses carried by ExecutionCompleted (same strings as
 // backend.Status).
