@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
 	"runtime/debug"
 	"time"
 
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/internal/history"
+	"github.com/taskhub/taskhub/internal/orchestration"
+	"github.com/taskhub/taskhub/internal/payload"
 )
 
 // ErrActivityTimeout is the cause of a failure of an activity that ran past
@@ -68,7 +69,7 @@ func (e *Engine) runActivity(ctx context.Context, it *backend.WorkItem) {
 	if failure != nil {
 		reply.Event.Type = history.TaskFailed
 		reply.Event.Input = nil
-		reply.Event.Failure = failure
+		reply.Event.Failure = payload.TrimFailure(failure) // huge messages or stacks stay bounded
 	}
 	e.completeWorkItem(ctx, it, reply, nil)
 }
@@ -178,42 +179,22 @@ type panicError struct {
 
 func (p *panicError) Error() string { return fmt.Sprintf("panic: %v", p.value) }
 
-// FailureFromError converts an error into a durable failure, keeping its
-// chain of causes and whether it may be retried.
+// FailureFromError converts an activity's error into a durable failure: a
+// recovered panic keeps its stack, NonRetryable(err) keeps err's own type,
+// and everything else follows the orchestration runtime's conversion (type,
+// message, chain of causes).
 func FailureFromError(err error) *history.Failure {
-	if err == nil {
-		return nil
-	}
-	var hf *history.Failure
-	if errors.As(err, &hf) && hf != nil {
-		return hf
-	}
-	f := &history.Failure{Type: errorTypeName(err), Message: err.Error()}
-	var nr *NonRetryableError
-	if errors.As(err, &nr) {
-		f.NonRetryable = true
-		f.Type = errorTypeName(nr.Err)
-	}
 	var pe *panicError
 	if errors.As(err, &pe) {
-		f.Type = "panic"
-		f.Stack = pe.stack
+		return &history.Failure{Type: "panic", Message: err.Error(), Stack: pe.stack}
 	}
-	if u := errors.Unwrap(err); u != nil && u.Error() != err.Error() && pe == nil {
-		f.Cause = FailureFromError(u)
+	var nr *NonRetryableError
+	if errors.As(err, &nr) {
+		f := orchestration.FailureFromError(nr.Err)
+		f.NonRetryable = true
+		return f
 	}
-	return f
-}
-
-func errorTypeName(err error) string {
-	t := reflect.TypeOf(err)
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t.PkgPath() == "" {
-		return t.String()
-	}
-	return t.PkgPath() + "." + t.Name()
+	return orchestration.FailureFromError(err)
 }
 
 // FailureJSON is how a failure is stored in an instance row.

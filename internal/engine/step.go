@@ -11,6 +11,7 @@ import (
 	"github.com/taskhub/taskhub/internal/backoff"
 	"github.com/taskhub/taskhub/internal/history"
 	"github.com/taskhub/taskhub/internal/orchestration"
+	"github.com/taskhub/taskhub/internal/payload"
 )
 
 // cached is an orchestration kept between steps, with the row fields the
@@ -217,7 +218,7 @@ func (e *Engine) instanceRow(instanceID string, c *cached, res *orchestration.St
 		Version:          c.in.Version(),
 	}
 	if res.Failure != nil {
-		row.Failure, _ = json.Marshal(EncodeFailure(res.Failure))
+		row.Failure, _ = json.Marshal(EncodeFailure(payload.TrimFailure(res.Failure)))
 	}
 	if row.Status.Finished() {
 		row.CompletedAt = row.UpdatedAt
