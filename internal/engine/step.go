@@ -180,6 +180,19 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 // load builds an instance from storage: its row (for fields the runtime
 // does not keep) and the current execution's history.
 func (e *Engine) load(ctx context.Context, instanceID string) (*cached, []*history.Event, *backend.Instance, error) {
+	in := orchestration.NewInstance(instanceID, e.opts.Orchestrators, orchestration.Options{Logger: e.log})
+	row, err := e.be.InstanceGet(ctx, instanceID)
+	switch {
+	case errors.Is(err, backend.ErrInstanceNotFound):
+		row = nil
+	case err != nil:
+		return nil, nil, nil, err
+	}
+	if row == nil || row.Version == 0 {
+		// The row and its history are written by the same commits: a new
+		// instance has no history to read.
+		return &cached{in: in}, nil, row, nil
+	}
 	h, err := e.be.HistoryLoad(ctx, instanceID)
 	if err != nil {
 		return nil, nil, nil, err
@@ -192,11 +205,6 @@ func (e *Engine) load(ctx context.Context, instanceID string) (*cached, []*histo
 		}
 		past[i] = ev
 	}
-	row, err := e.be.InstanceGet(ctx, instanceID)
-	if err != nil && !errors.Is(err, backend.ErrInstanceNotFound) {
-		return nil, nil, nil, err
-	}
-	in := orchestration.NewInstance(instanceID, e.opts.Orchestrators, orchestration.Options{Logger: e.log})
 	return &cached{in: in}, past, row, nil
 }
 
