@@ -304,8 +304,8 @@ func TestClosed(t *testing.T) {
 }
 
 func TestDSN(t *testing.T) {
-	got := dsn("/tmp/a?b#c%d.db", "busy_timeout(5)")
-	want := "file:/tmp/a%3fb%23c%25d.db?_pragma=busy_timeout(5)"
+	got := dsn("/data/a?b#c%d.db", "busy_timeout(5)")
+	want := "file:/data/a%3fb%23c%25d.db?_pragma=busy_timeout(5)"
 	if got != want {
 		t.Errorf("dsn = %q, want %q", got, want)
 	}
