@@ -31,9 +31,11 @@ package backend
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Backend is the storage of one task hub.
@@ -574,4 +576,27 @@ type QueueStat struct {
 	Length          int
 	OldestVisibleAt time.Time
 	OldestEnqueued  time.Time
+}
+
+// ErrInvalidContinuationToken is returned by InstanceList for a token it did
+// not issue.
+var ErrInvalidContinuationToken = errors.New("invalid continuation token")
+
+// ContinuationToken encodes the last instance ID of a page as the token of
+// the next page (instance listings are in instance-ID order).
+func ContinuationToken(lastInstanceID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(lastInstanceID))
+}
+
+// ParseContinuationToken returns the instance ID a page starts after; an
+// empty token starts at the beginning.
+func ParseContinuationToken(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || !utf8.Valid(raw) {
+		return "", fmt.Errorf("%w %q", ErrInvalidContinuationToken, token)
+	}
+	return string(raw), nil
 }

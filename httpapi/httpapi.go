@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/taskhub/taskhub"
+	"github.com/taskhub/taskhub/backend"
 )
 
 // Defaults and limits of Options and of the routes.
@@ -342,7 +342,6 @@ func writeAccepted(w http.ResponseWriter) {
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var exists *taskhub.InstanceExistsError
 	var typeErr *json.UnmarshalTypeError
-	var corrupt base64.CorruptInputError
 	switch {
 	case errors.As(err, &exists):
 		writeError(w, http.StatusConflict, CodeInstanceExists, fmt.Sprintf("instance %q already exists with status %s", exists.InstanceID, exists.Status))
@@ -360,9 +359,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusBadRequest, CodeInvalidInput, err.Error())
 	case errors.Is(err, taskhub.ErrOrchestratorNotFound):
 		writeError(w, http.StatusBadRequest, CodeInvalidFunctionName, err.Error())
-	case errors.As(err, &corrupt):
-		// The SQLite backend's tokens are base64; a token that does not
-		// decode was not issued by it.
+	case errors.Is(err, backend.ErrInvalidContinuationToken):
 		writeError(w, http.StatusBadRequest, CodeInvalidContinuationToken, "the continuation token is not valid")
 	case errors.Is(err, errNotImplemented):
 		writeError(w, http.StatusNotImplemented, CodeNotImplemented, strings.TrimPrefix(err.Error(), errNotImplemented.Error()+": "))

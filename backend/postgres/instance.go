@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -86,13 +85,9 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	if size < 0 {
 		return nil, fmt.Errorf("postgres: InstanceList: PageSize is %d; it must not be negative", size)
 	}
-	after := ""
-	if params.ContinuationToken != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(params.ContinuationToken)
-		if err != nil || !utf8.Valid(raw) {
-			return nil, fmt.Errorf("postgres: InstanceList: invalid continuation token %q", params.ContinuationToken)
-		}
-		after = string(raw)
+	after, err := backend.ParseContinuationToken(params.ContinuationToken)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: InstanceList: %w", err)
 	}
 	w := &where{args: []any{after}}
 	w.sb.WriteString(`SELECT ` + instanceCols + ` FROM ` + b.schemaIdent + `.instances WHERE instance_id > $1`)
@@ -101,7 +96,7 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	query := w.sb.String()
 
 	res := &backend.InstanceListResult{}
-	err := b.read(ctx, func(ctx context.Context) error {
+	err = b.read(ctx, func(ctx context.Context) error {
 		rows, _ := b.pool.Query(ctx, query, w.args...)
 		var err error
 		res.Instances, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (*backend.Instance, error) {
@@ -115,7 +110,7 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	if len(res.Instances) > size {
 		res.Instances = res.Instances[:size]
 		last := res.Instances[size-1].InstanceID
-		res.ContinuationToken = base64.RawURLEncoding.EncodeToString([]byte(last))
+		res.ContinuationToken = backend.ContinuationToken(last)
 	}
 	return res, nil
 }

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -86,13 +85,9 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	if size < 0 {
 		return nil, fmt.Errorf("sqlite: InstanceList: PageSize is %d; it must not be negative", size)
 	}
-	after := ""
-	if params.ContinuationToken != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(params.ContinuationToken)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: InstanceList: invalid continuation token: %w", err)
-		}
-		after = string(raw)
+	after, err := backend.ParseContinuationToken(params.ContinuationToken)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: InstanceList: %w", err)
 	}
 	var sb strings.Builder
 	sb.WriteString(`SELECT ` + instanceCols + ` FROM instances WHERE instance_id > ?`)
@@ -103,7 +98,7 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	query := sb.String()
 
 	res := &backend.InstanceListResult{}
-	err := b.read(ctx, func() error {
+	err = b.read(ctx, func() error {
 		res.Instances = res.Instances[:0]
 		rows, err := b.rdb.QueryContext(ctx, query, args...)
 		if err != nil {
@@ -125,7 +120,7 @@ func (b *Backend) InstanceList(ctx context.Context, params *backend.InstanceList
 	if len(res.Instances) > size {
 		res.Instances = res.Instances[:size]
 		last := res.Instances[size-1].InstanceID
-		res.ContinuationToken = base64.RawURLEncoding.EncodeToString([]byte(last))
+		res.ContinuationToken = backend.ContinuationToken(last)
 	}
 	return res, nil
 }
