@@ -104,12 +104,10 @@ func (c *Client) commitSend(ctx context.Context, unit *backend.Commit, nm *backe
 	if c.eng == nil {
 		return c.commit(ctx, unit)
 	}
-	out := c.eng.newOutbox(unit.Now)
-	out.addControl(nm)
 	if err := c.commit(ctx, unit); err != nil {
 		return err
 	}
-	out.committed()
+	c.eng.WakePartition(nm.Partition)
 	c.eng.Notify.Changed(nm.InstanceID)
 	return nil
 }
