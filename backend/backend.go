@@ -534,6 +534,11 @@ type InstanceFilter struct {
 	CreatedTo        time.Time // exclusive
 	Name             string    // exact orchestrator name
 	InstanceIDPrefix string
+	// ExcludeInstanceIDPrefix leaves out every instance whose ID starts
+	// with it (byte-wise; no character is a wildcard), in listings and in
+	// filtered purges. Orchestration queries exclude "@" so that they do
+	// not see durable entities, whose IDs start with '@'.
+	ExcludeInstanceIDPrefix string
 }
 
 // InstanceListParams are the parameters of Backend.InstanceList.
@@ -557,6 +562,25 @@ type InstancePurgeParams struct {
 	// Limit bounds a filtered purge (0 means no limit), so long purges can
 	// report progress in rounds.
 	Limit int
+	// ExpectVersion, when greater than 0, makes the purge of InstanceID
+	// conditional on the row's Version being ExpectVersion: otherwise
+	// nothing is deleted and the error wraps ErrVersionConflict. The check
+	// and the delete are atomic, so a commit that bumps the version
+	// concurrently is never lost. The version is checked before the status,
+	// so a stale version gives ErrVersionConflict even if the instance is
+	// not finished (a matching version of an unfinished instance gives
+	// ErrInstanceNotFinished). 0 does not check; a negative value is an
+	// error.
+	ExpectVersion int64
+	// KeepMessages, for the purge of InstanceID, deletes only the row and
+	// the history: the instance's queued messages (control messages and
+	// work items) stay, and so do its payloads, which messages queued to it
+	// may reference (their owner is the target instance). A durable
+	// entity's queued operations must survive the removal of its empty row.
+	//
+	// ExpectVersion and KeepMessages apply only with InstanceID; a filtered
+	// purge with either set fails without deleting anything.
+	KeepMessages bool
 }
 
 // QueueMetricsParams are the parameters of Backend.QueueMetrics.

@@ -155,6 +155,14 @@ func (w *where) filter(f *backend.InstanceFilter, statuses []backend.Status) {
 			w.sb.WriteString(` AND instance_id < ` + w.arg(end))
 		}
 	}
+	if p := f.ExcludeInstanceIDPrefix; p != "" {
+		// The complement of the same range.
+		if end, ok := prefixEnd(p); ok {
+			w.sb.WriteString(` AND (instance_id < ` + w.arg(p) + ` OR instance_id >= ` + w.arg(end) + `)`)
+		} else {
+			w.sb.WriteString(` AND instance_id < ` + w.arg(p))
+		}
+	}
 }
 
 // prefixEnd returns the smallest string greater than every string with
@@ -183,11 +191,17 @@ var finishedStatuses = []string{string(backend.StatusCompleted), string(backend.
 // per-instance advisory locks as CommitBatch, so it never races a step of
 // the instances it deletes, and it deletes only rows still finished.
 func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePurgeParams) (int, error) {
+	if params.ExpectVersion < 0 {
+		return 0, fmt.Errorf("postgres: InstancePurge: ExpectVersion is %d; it must not be negative", params.ExpectVersion)
+	}
 	if params.InstanceID != "" {
-		return b.purgeOne(ctx, params.InstanceID)
+		return b.purgeOne(ctx, params)
 	}
 	if params.Limit < 0 {
 		return 0, fmt.Errorf("postgres: InstancePurge: Limit is %d; it must not be negative", params.Limit)
+	}
+	if params.ExpectVersion != 0 || params.KeepMessages {
+		return 0, fmt.Errorf("postgres: InstancePurge: ExpectVersion and KeepMessages apply only to the purge of one InstanceID")
 	}
 	statuses := finishedStatuses
 	if len(params.Filter.Statuses) > 0 {
@@ -228,7 +242,7 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 	}
 	batch := &pgx.Batch{}
 	batch.Queue(b.q.lockKeys, b.instanceLockKeys(ids))
-	batch.Queue(b.q.purge, ids, statuses)
+	batch.Queue(b.q.purge, ids, statuses, int64(0))
 	br := conn.SendBatch(ctx, batch)
 	var n int64
 	_, err = br.Exec()
@@ -244,26 +258,34 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 	return int(n), nil
 }
 
-// purgeOne purges one instance, telling a missing instance from an
-// unfinished one.
-func (b *Backend) purgeOne(ctx context.Context, id string) (int, error) {
+// purgeOne purges params.InstanceID, telling a missing instance from a
+// changed version and from an unfinished one. The pipeline is one implicit
+// transaction: the instance lock serializes it with commits, so the status
+// and version read are those the delete sees.
+func (b *Backend) purgeOne(ctx context.Context, params *backend.InstancePurgeParams) (int, error) {
+	id := params.InstanceID
 	conn, err := b.conn(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: purge %q: %w", id, err)
 	}
 	defer conn.Release()
+	purge := b.q.purge
+	if params.KeepMessages {
+		purge = b.q.purgeKeep
+	}
 	batch := &pgx.Batch{}
 	batch.Queue(b.q.lockKeys, b.instanceLockKeys([]string{id}))
 	batch.Queue(b.q.instanceStatus, id)
-	batch.Queue(b.q.purge, []string{id}, finishedStatuses)
+	batch.Queue(purge, []string{id}, finishedStatuses, params.ExpectVersion)
 	br := conn.SendBatch(ctx, batch)
 	var (
-		status string
-		n      int64
+		status  string
+		version int64
+		n       int64
 	)
 	_, err = br.Exec()
 	if err == nil {
-		err = br.QueryRow().Scan(&status)
+		err = br.QueryRow().Scan(&status, &version)
 	}
 	found := !errors.Is(err, pgx.ErrNoRows)
 	if !found {
@@ -280,6 +302,8 @@ func (b *Backend) purgeOne(ctx context.Context, id string) (int, error) {
 		return 0, fmt.Errorf("postgres: purge %q: %w", id, err)
 	case !found:
 		return 0, fmt.Errorf("postgres: purge %q: %w", id, backend.ErrInstanceNotFound)
+	case n == 0 && params.ExpectVersion > 0 && version != params.ExpectVersion:
+		return 0, fmt.Errorf("postgres: purge %q: version is %d, expected %d: %w", id, version, params.ExpectVersion, backend.ErrVersionConflict)
 	case n == 0:
 		return 0, fmt.Errorf("postgres: purge %q: status is %s: %w", id, status, backend.ErrInstanceNotFinished)
 	}

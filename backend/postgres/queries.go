@@ -27,7 +27,7 @@ type queries struct {
 	workReceive, workRenew, workAbandon            string
 
 	historyLoad, instanceGet, instanceStatus, purge string
-	payloadGet, poisonList                          string
+	purgeKeep, payloadGet, poisonList               string
 	metricsControl, metricsWork                     string
 }
 
@@ -172,18 +172,28 @@ func newQueries(schema string) queries {
 
 		historyLoad:    x(`SELECT seq, execution_id, data FROM {s}.history WHERE instance_id = $1 ORDER BY seq`),
 		instanceGet:    x(`SELECT ` + instanceCols + ` FROM {s}.instances WHERE instance_id = $1`),
-		instanceStatus: x(`SELECT status FROM {s}.instances WHERE instance_id = $1`),
-		// Deletes the finished ones among $1 and everything stored for
-		// them. Poison records stay: they are the record of what went
-		// wrong. The queues have no instance_id index: it would cost every
-		// send and delete, while purges are rare.
+		instanceStatus: x(`SELECT status, version FROM {s}.instances WHERE instance_id = $1`),
+		// Deletes the finished ones among $1 (whose version is $3, unless
+		// $3 is 0) and everything stored for them. Poison records stay:
+		// they are the record of what went wrong. The queues have no
+		// instance_id index: it would cost every send and delete, while
+		// purges are rare.
 		purge: x(`WITH gone AS (
 				DELETE FROM {s}.instances WHERE instance_id = ANY($1::text[]) AND status = ANY($2::text[])
+					AND ($3::int8 = 0 OR version = $3::int8)
 				RETURNING instance_id),
 			h AS (DELETE FROM {s}.history WHERE instance_id IN (SELECT instance_id FROM gone)),
 			p AS (DELETE FROM {s}.payloads WHERE instance_id IN (SELECT instance_id FROM gone)),
 			c AS (DELETE FROM {s}.control WHERE instance_id IN (SELECT instance_id FROM gone)),
 			w AS (DELETE FROM {s}.work WHERE instance_id IN (SELECT instance_id FROM gone))
+			SELECT count(*) FROM gone`),
+		// purge with KeepMessages: the row and history go; the queued
+		// messages stay, and so do the payloads they may reference.
+		purgeKeep: x(`WITH gone AS (
+				DELETE FROM {s}.instances WHERE instance_id = ANY($1::text[]) AND status = ANY($2::text[])
+					AND ($3::int8 = 0 OR version = $3::int8)
+				RETURNING instance_id),
+			h AS (DELETE FROM {s}.history WHERE instance_id IN (SELECT instance_id FROM gone))
 			SELECT count(*) FROM gone`),
 		payloadGet: x(`SELECT data FROM {s}.payloads WHERE key = $1`),
 		poisonList: x(`SELECT id, queue, partition, instance_id, data, dequeue_count, reason, created_at

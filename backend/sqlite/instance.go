@@ -161,6 +161,16 @@ func filterSQL(sb *strings.Builder, args []any, f *backend.InstanceFilter, statu
 			args = append(args, end)
 		}
 	}
+	if p := f.ExcludeInstanceIDPrefix; p != "" {
+		// The complement of the same range.
+		if end, ok := prefixEnd(p); ok {
+			sb.WriteString(` AND (instance_id < ? OR instance_id >= ?)`)
+			args = append(args, p, end)
+		} else {
+			sb.WriteString(` AND instance_id < ?`)
+			args = append(args, p)
+		}
+	}
 	return args
 }
 
@@ -183,20 +193,26 @@ var finishedStatuses = []backend.Status{backend.StatusCompleted, backend.StatusF
 
 // InstancePurge implements backend.Backend.
 func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePurgeParams) (int, error) {
+	if params.ExpectVersion < 0 {
+		return 0, fmt.Errorf("sqlite: InstancePurge: ExpectVersion is %d; it must not be negative", params.ExpectVersion)
+	}
 	if params.InstanceID != "" {
+		id := params.InstanceID
 		err := b.write(ctx, true, func(ctx context.Context) error {
 			var status string
 			var version int64
-			err := b.ws.instanceCond.QueryRowContext(ctx, params.InstanceID).Scan(&status, &version)
+			err := b.ws.instanceCond.QueryRowContext(ctx, id).Scan(&status, &version)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
-				return fmt.Errorf("sqlite: purge %q: %w", params.InstanceID, backend.ErrInstanceNotFound)
+				return fmt.Errorf("sqlite: purge %q: %w", id, backend.ErrInstanceNotFound)
 			case err != nil:
-				return fmt.Errorf("sqlite: purge %q: %w", params.InstanceID, err)
+				return fmt.Errorf("sqlite: purge %q: %w", id, err)
+			case params.ExpectVersion > 0 && version != params.ExpectVersion:
+				return fmt.Errorf("sqlite: purge %q: version is %d, expected %d: %w", id, version, params.ExpectVersion, backend.ErrVersionConflict)
 			case !backend.Status(status).Finished():
-				return fmt.Errorf("sqlite: purge %q: status is %s: %w", params.InstanceID, status, backend.ErrInstanceNotFinished)
+				return fmt.Errorf("sqlite: purge %q: status is %s: %w", id, status, backend.ErrInstanceNotFinished)
 			}
-			return b.purge(ctx, []string{params.InstanceID})
+			return b.purge(ctx, []string{id}, params.KeepMessages)
 		})
 		if err != nil {
 			return 0, err
@@ -205,6 +221,9 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 	}
 	if params.Limit < 0 {
 		return 0, fmt.Errorf("sqlite: InstancePurge: Limit is %d; it must not be negative", params.Limit)
+	}
+	if params.ExpectVersion != 0 || params.KeepMessages {
+		return 0, fmt.Errorf("sqlite: InstancePurge: ExpectVersion and KeepMessages apply only to the purge of one InstanceID")
 	}
 
 	statuses := finishedStatuses
@@ -252,7 +271,7 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := b.purge(ctx, ids); err != nil {
+		if err := b.purge(ctx, ids, false); err != nil {
 			return err
 		}
 		purged = len(ids)
@@ -266,13 +285,22 @@ func (b *Backend) InstancePurge(ctx context.Context, params *backend.InstancePur
 
 // purge deletes everything stored for the instances, inside a write
 // transaction. Poison records stay: they are the record of what went wrong.
-func (b *Backend) purge(ctx context.Context, ids []string) error {
+// With keepMessages only the rows and histories go: queued messages stay,
+// and so do the payloads they may reference.
+func (b *Backend) purge(ctx context.Context, ids []string, keepMessages bool) error {
+	stmts := []*sql.Stmt{b.ws.instanceDelete, b.ws.historyReset, b.ws.payloadPurge}
+	if keepMessages {
+		stmts = stmts[:2]
+	}
 	for _, id := range ids {
-		for _, st := range []*sql.Stmt{b.ws.instanceDelete, b.ws.historyReset, b.ws.payloadPurge} {
+		for _, st := range stmts {
 			if _, err := st.ExecContext(ctx, id); err != nil {
 				return fmt.Errorf("sqlite: purge %q: %w", id, err)
 			}
 		}
+	}
+	if keepMessages {
+		return nil
 	}
 	var list strings.Builder
 	list.WriteByte('[')
