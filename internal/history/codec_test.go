@@ -314,7 +314,7 @@ func TestDecodeErrors(t *testing.T) {
 		"bad version":          {2, byte(TaskCompleted)},
 		"version zero":         {0, byte(TaskCompleted)},
 		"type zero":            {codecVersion, 0},
-		"type too large":       {codecVersion, byte(ExecutionRewound) + 1},
+		"type too large":       {codecVersion, byte(EntityContinue) + 1},
 		"unknown tag":          {codecVersion, byte(TaskCompleted), 99, 1},
 		"end tag at top":       {codecVersion, byte(TaskCompleted), endTag},
 		"repeated tag":         {codecVersion, byte(TaskCompleted), tagTaskID, 2, tagTaskID, 2},

@@ -65,6 +65,46 @@ const (
 	// never in history): the engine cuts its history back to before the
 	// step of its first failure and re-runs what failed. Input = reason.
 	ExecutionRewound Type = 17
+
+	// Durable entities (see docs/entities.md). The scheduling types below
+	// are recorded in an orchestration's history with InstanceID = the
+	// target entity; as messages to an entity, InstanceID and ExecutionID
+	// name the SENDER instead (an orchestration's instance and execution,
+	// an entity's ID with no execution, or nothing for a client), and Seq
+	// carries the sender's sequence number for de-duplication (0: not
+	// sequenced). Message.InstanceID is always the receiver.
+
+	// EntityOperationSignaled is a one-way operation. History: TaskID,
+	// InstanceID (entity), Name (operation), Input, FireAt (zero: at once).
+	// Message: Name, Input, sender, Seq.
+	EntityOperationSignaled Type = 18
+	// EntityOperationCalled is a two-way operation, answered by
+	// EntityOperationCompleted or EntityOperationFailed for TaskID.
+	// History: TaskID, InstanceID (entity), Name, Input. Message: TaskID,
+	// Name, Input, sender, Seq.
+	EntityOperationCalled Type = 19
+	// EntityOperationCompleted answers a call: TaskID, Input = result.
+	EntityOperationCompleted Type = 20
+	// EntityOperationFailed answers a call, or refuses a lock request:
+	// TaskID, Failure.
+	EntityOperationFailed Type = 21
+	// EntityLockRequested asks for a critical section's locks. History:
+	// TaskID, Name (lock ID), Input (JSON array of the entity IDs, sorted
+	// ascending, no repeats). Message: Name, Input (the whole section),
+	// sender, Seq, and Parent = the owning orchestration (InstanceID,
+	// ExecutionID, TaskID). Each entity locks itself and forwards the
+	// message to the next entity of the section; the last one grants.
+	EntityLockRequested Type = 22
+	// EntityLockGranted tells the owner that every entity of the section
+	// is locked: TaskID, Name (lock ID), Input (the section).
+	EntityLockGranted Type = 23
+	// EntityLockReleased ends a critical section. History: TaskID, Name
+	// (lock ID), Input (the section). Message (one per entity): Name,
+	// sender (the holder), Seq.
+	EntityLockReleased Type = 24
+	// EntityContinue is an entity's message to itself (never in history):
+	// run another batch for requests left in its record.
+	EntityContinue Type = 25
 )
 
 var typeNames = [...]string{
@@ -85,6 +125,14 @@ var typeNames = [...]string{
 	EventSent:                 "EventSent",
 	EventRaised:               "EventRaised",
 	ExecutionRewound:          "ExecutionRewound",
+	EntityOperationSignaled:   "EntityOperationSignaled",
+	EntityOperationCalled:     "EntityOperationCalled",
+	EntityOperationCompleted:  "EntityOperationCompleted",
+	EntityOperationFailed:     "EntityOperationFailed",
+	EntityLockRequested:       "EntityLockRequested",
+	EntityLockGranted:         "EntityLockGranted",
+	EntityLockReleased:        "EntityLockReleased",
+	EntityContinue:            "EntityContinue",
 }
 
 func (t Type) String() string {
@@ -95,7 +143,7 @@ func (t Type) String() string {
 }
 
 // Valid reports whether t is a known event type.
-func (t Type) Valid() bool { return t >= ExecutionStarted && t <= ExecutionRewound }
+func (t Type) Valid() bool { return t >= ExecutionStarted && t <= EntityContinue }
 
 // Execution statuses carried by ExecutionCompleted (same strings as
 // backend.Status).

@@ -1,6 +1,7 @@
 package orchestration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,13 @@ type Context struct {
 	// Suspension: events applied while suspended wait here, in order.
 	suspended bool
 	deferred  []*history.Event
+
+	// Durable entities. lock is the critical section as the code sees it:
+	// from LockEntities until UnlockEntities or the refusal of its locks.
+	// held is the section as history records it (requested and neither
+	// released nor refused): what the end of the execution must release.
+	lock *section
+	held *heldSection
 
 	customStatus []byte
 	cont         *continueAsNew
@@ -128,7 +136,17 @@ const (
 	kindTimer
 	kindSub
 	kindSendEvent
+	kindEntitySignal
+	kindEntityCall
+	kindEntityLock
+	kindEntityUnlock
 )
+
+// fireAndForget reports whether tasks of the kind need no completion: they
+// have no future and are forgotten once recorded.
+func (k taskKind) fireAndForget() bool {
+	return k == kindSendEvent || k == kindEntitySignal || k == kindEntityUnlock
+}
 
 type taskState uint8
 
@@ -142,13 +160,15 @@ type task struct {
 	kind        taskKind
 	state       taskState
 	queued      bool // a completion waits in the suspension buffer
+	abandoned   bool // entity lock: UnlockEntities came first; forget it once recorded
 	attempt     int32
 	name        string
-	instanceID  string // sub-orchestration: the child; SendEvent: the target
+	instanceID  string // sub-orchestration: the child; SendEvent, entity signal or call: the target
 	executionID string // sub-orchestration: the child's execution
 	input       []byte
 	fireAt      time.Time
 	timeout     time.Duration
+	entities    []string // entity lock or unlock: the section, sorted
 	future      *Future
 }
 
@@ -162,9 +182,31 @@ func (t *task) describe() string {
 		return fmt.Sprintf("CreateTimer (TaskID %d)", t.id)
 	case kindSub:
 		return fmt.Sprintf("CallSubOrchestrator %q (TaskID %d)", t.name, t.id)
+	case kindEntitySignal:
+		return fmt.Sprintf("SignalEntity %q on %q (TaskID %d)", t.name, t.instanceID, t.id)
+	case kindEntityCall:
+		return fmt.Sprintf("CallEntity %q on %q (TaskID %d)", t.name, t.instanceID, t.id)
+	case kindEntityLock:
+		return fmt.Sprintf("LockEntities %s (TaskID %d)", t.input, t.id)
+	case kindEntityUnlock:
+		return fmt.Sprintf("UnlockEntities of %s (TaskID %d)", t.input, t.id)
 	default:
 		return fmt.Sprintf("SendEvent %q to %q (TaskID %d)", t.name, t.instanceID, t.id)
 	}
+}
+
+// matches reports whether a recorded scheduling event of the task's kind
+// records this task: same name and, for entities, same target or section.
+func (t *task) matches(e *history.Event) bool {
+	switch t.kind {
+	case kindTimer:
+		return true
+	case kindEntitySignal, kindEntityCall:
+		return t.name == e.Name && t.instanceID == e.InstanceID
+	case kindEntityLock, kindEntityUnlock:
+		return t.name == e.Name && bytes.Equal(t.input, e.Input)
+	}
+	return t.name == e.Name
 }
 
 // kindScheduledBy maps a scheduling event type to the task kind it records.
@@ -178,11 +220,21 @@ func kindScheduledBy(t history.Type) taskKind {
 		return kindSub
 	case history.EventSent:
 		return kindSendEvent
+	case history.EntityOperationSignaled:
+		return kindEntitySignal
+	case history.EntityOperationCalled:
+		return kindEntityCall
+	case history.EntityLockRequested:
+		return kindEntityLock
+	case history.EntityLockReleased:
+		return kindEntityUnlock
 	}
 	return 0
 }
 
-// kindCompletedBy maps a completion event type to the task kind it completes.
+// kindCompletedBy maps a completion event type to the task kind it
+// completes. EntityOperationFailed also completes an entity lock (a refused
+// lock request): see completes.
 func kindCompletedBy(t history.Type) taskKind {
 	switch t {
 	case history.TaskCompleted, history.TaskFailed:
@@ -191,8 +243,18 @@ func kindCompletedBy(t history.Type) taskKind {
 		return kindTimer
 	case history.SubOrchestrationCompleted, history.SubOrchestrationFailed:
 		return kindSub
+	case history.EntityOperationCompleted, history.EntityOperationFailed:
+		return kindEntityCall
+	case history.EntityLockGranted:
+		return kindEntityLock
 	}
 	return 0
+}
+
+// completes reports whether a completion event of type typ can complete a
+// task of kind k.
+func completes(typ history.Type, k taskKind) bool {
+	return k == kindCompletedBy(typ) || (typ == history.EntityOperationFailed && k == kindEntityLock)
 }
 
 func newContext(in *Instance, started *history.Event) *Context {
@@ -390,7 +452,7 @@ func (c *Context) checkTurn(op string) {
 func (c *Context) newTask(kind taskKind) *task {
 	t := &task{id: c.nextTaskID, kind: kind, state: statePending}
 	c.nextTaskID++
-	if kind != kindSendEvent {
+	if !kind.fireAndForget() {
 		t.future = &Future{}
 	}
 	c.tasks[t.id] = t

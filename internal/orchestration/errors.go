@@ -42,12 +42,19 @@ var (
 )
 
 // TaskFailedError is the error Await returns when an activity or a
-// sub-orchestration failed (after its retries, if it had a retry policy).
+// sub-orchestration failed (after its retries, if it had a retry policy),
+// when an entity operation called with CallEntity failed, and when an
+// entity refused the locks of LockEntities.
 type TaskFailedError struct {
-	// Kind is "activity" or "suborchestration".
+	// Kind is KindActivity, KindSubOrchestration, KindEntity or
+	// KindEntityLock.
 	Kind string
-	// Name is the activity's or orchestrator's name.
+	// Name is the activity's or orchestrator's name, the entity
+	// operation's name, or the critical section's lock ID.
 	Name string
+	// Entity is, for KindEntity, the entity's ID and, for KindEntityLock,
+	// the section's entity IDs joined by ", "; empty for the other kinds.
+	Entity string
 	// TaskID is the TaskID of the (last) attempt.
 	TaskID int64
 	// Failure is the remote error.
@@ -58,9 +65,16 @@ type TaskFailedError struct {
 const (
 	KindActivity         = "activity"
 	KindSubOrchestration = "suborchestration"
+	// KindEntity is a failed entity operation (CallEntity).
+	KindEntity = "entity"
+	// KindEntityLock is a refused critical section (LockEntities).
+	KindEntityLock = "entitylock"
 )
 
 func (e *TaskFailedError) Error() string {
+	if e.Entity != "" {
+		return fmt.Sprintf("%s %q on %q (task %d) failed: %s", e.Kind, e.Name, e.Entity, e.TaskID, e.Failure.Error())
+	}
 	return fmt.Sprintf("%s %q (task %d) failed: %s", e.Kind, e.Name, e.TaskID, e.Failure.Error())
 }
 
@@ -117,6 +131,10 @@ func describeEvent(e *history.Event) string {
 		return fmt.Sprintf("%s %q (TaskID %d, Seq %d)", e.Type, e.Name, e.TaskID, e.Seq)
 	case history.TimerCreated:
 		return fmt.Sprintf("%s (TaskID %d, Seq %d)", e.Type, e.TaskID, e.Seq)
+	case history.EntityOperationSignaled, history.EntityOperationCalled:
+		return fmt.Sprintf("%s %q on %q (TaskID %d, Seq %d)", e.Type, e.Name, e.InstanceID, e.TaskID, e.Seq)
+	case history.EntityLockRequested, history.EntityLockReleased:
+		return fmt.Sprintf("%s %s (TaskID %d, Seq %d)", e.Type, e.Input, e.TaskID, e.Seq)
 	default:
 		return fmt.Sprintf("%s (Seq %d)", e.Type, e.Seq)
 	}

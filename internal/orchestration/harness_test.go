@@ -126,6 +126,32 @@ var registry = map[string]Func{
 		}
 		return js(n), nil
 	},
+	// Bank moves an amount between two account entities inside a critical
+	// section, then signals an audit entity.
+	"Bank": func(ctx *Context) ([]byte, error) {
+		in := unjs[struct {
+			From, To string
+			Amount   int
+		}](ctx.Input())
+		if _, err := ctx.Await(ctx.LockEntities(in.To, in.From)); err != nil {
+			return nil, err
+		}
+		b, err := ctx.Await(ctx.CallEntity(in.From, "get", nil))
+		if err != nil {
+			return nil, err
+		}
+		if unjs[int](b) < in.Amount {
+			return js("insufficient funds"), nil // the end releases the locks
+		}
+		debit := ctx.CallEntity(in.From, "add", js(-in.Amount))
+		credit := ctx.CallEntity(in.To, "add", js(in.Amount))
+		if _, err := ctx.Await(ctx.WhenAll(debit, credit)); err != nil {
+			return nil, err
+		}
+		ctx.UnlockEntities()
+		ctx.SignalEntity("@audit@log", "record", ctx.Input(), time.Time{})
+		return js("transferred"), nil
+	},
 	// Clock waits a minute on a durable timer and reports history time and
 	// two GUIDs.
 	"Clock": func(ctx *Context) ([]byte, error) {

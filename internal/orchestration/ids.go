@@ -40,3 +40,10 @@ func defaultChildID(instanceID, executionID string, taskID int64) string {
 	}
 	return instanceID + ":" + prefix + ":" + strconv.FormatInt(taskID, 10)
 }
+
+// entityLockID names the critical section requested by LockEntities with
+// TaskID taskID: unique per instance, execution and TaskID, the same on
+// every replay, and independent of the NewGUID sequence.
+func entityLockID(instanceID, executionID string, taskID int64) string {
+	return derivedID(instanceID, executionID, "entity-lock", strconv.FormatInt(taskID, 10))
+}

@@ -99,6 +99,10 @@ type Instance struct {
 	res    *StepResult
 	now    time.Time
 	opened bool // this step appended its OrchestratorStarted
+	// released holds the lock IDs of the critical sections this step
+	// released, so that a grant dropped later in the step does not
+	// release them again.
+	released map[string]bool
 }
 
 // NewInstance returns an empty Instance; its first Step gives it the stored
@@ -138,8 +142,8 @@ func (in *Instance) Step(past []*history.Event, msgs []*history.Message, now tim
 	res := &StepResult{}
 	// Times are stored in UTC without a monotonic reading: normalising now
 	// keeps a cached instance and one replayed from storage identical.
-	in.res, in.now, in.opened = res, now.Round(0).UTC(), false
-	defer func() { in.res = nil }()
+	in.res, in.now, in.opened, in.released = res, now.Round(0).UTC(), false, nil
+	defer func() { in.res, in.released = nil, nil }()
 
 	if len(past) > 0 {
 		in.load(past)
@@ -270,6 +274,11 @@ func (in *Instance) load(past []*history.Event) {
 			if c.outcome == outcomeReturned {
 				in.checkReturnedEarly(past[i:])
 			}
+			// The code no longer follows history, but what history
+			// says was sent decides which locks the end releases.
+			for _, e := range past[i:] {
+				c.trackSection(e)
+			}
 			break
 		}
 		in.apply(e)
@@ -352,13 +361,13 @@ func (in *Instance) match(e *history.Event) {
 		in.nonDeterminism(&NonDeterminismError{Expected: e})
 		return
 	}
-	if t.kind != kindScheduledBy(e.Type) || (t.kind != kindTimer && t.name != e.Name) {
+	if t.kind != kindScheduledBy(e.Type) || !t.matches(e) {
 		in.nonDeterminism(&NonDeterminismError{Expected: e, Produced: t.describe()})
 		return
 	}
 	c.pending--
 	t.state = stateScheduled
-	if t.kind == kindSendEvent {
+	if t.kind.fireAndForget() || t.abandoned {
 		c.dropTask(t)
 	}
 }
@@ -398,14 +407,17 @@ func (in *Instance) apply(e *history.Event) {
 		c.suspended, c.status = true, StatusSuspended
 	case history.ExecutionResumed:
 		in.resume()
-	case history.TaskScheduled, history.TimerCreated, history.SubOrchestrationCreated, history.EventSent:
+	case history.TaskScheduled, history.TimerCreated, history.SubOrchestrationCreated, history.EventSent,
+		history.EntityOperationSignaled, history.EntityOperationCalled, history.EntityLockRequested, history.EntityLockReleased:
 		// New scheduling events are produced by the step, never applied;
 		// recorded ones are checked against the code.
 		if in.replaying {
+			c.trackSection(e)
 			in.match(e)
 		}
 	case history.TaskCompleted, history.TaskFailed, history.TimerFired,
-		history.SubOrchestrationCompleted, history.SubOrchestrationFailed, history.EventRaised:
+		history.SubOrchestrationCompleted, history.SubOrchestrationFailed, history.EventRaised,
+		history.EntityOperationCompleted, history.EntityOperationFailed, history.EntityLockGranted:
 		if c.suspended {
 			if t := c.tasks[e.TaskID]; t != nil && e.Type != history.EventRaised {
 				t.queued = true
@@ -450,13 +462,13 @@ func (in *Instance) deliver(e *history.Event) {
 	if c.ended {
 		return
 	}
-	t := c.tasks[e.TaskID]
-	if t == nil || t.state != stateScheduled || t.kind != kindCompletedBy(e.Type) {
+	t := c.completedTask(e)
+	if t == nil {
 		return // unknown or duplicate: at-least-once delivery
 	}
 	c.dropTask(t)
 	switch e.Type {
-	case history.TaskCompleted, history.SubOrchestrationCompleted:
+	case history.TaskCompleted, history.SubOrchestrationCompleted, history.EntityOperationCompleted:
 		t.future.resolve(e.Input, nil)
 	case history.TaskFailed:
 		t.future.resolve(nil, &TaskFailedError{Kind: KindActivity, Name: t.name, TaskID: t.id, Failure: failureOrUnknown(e.Failure)})
@@ -464,8 +476,32 @@ func (in *Instance) deliver(e *history.Event) {
 		t.future.resolve(nil, &TaskFailedError{Kind: KindSubOrchestration, Name: t.name, TaskID: t.id, Failure: failureOrUnknown(e.Failure)})
 	case history.TimerFired:
 		t.future.resolve(nil, nil)
+	case history.EntityOperationFailed:
+		if t.kind == kindEntityLock {
+			in.lockRefused(t, e)
+		} else {
+			t.future.resolve(nil, &TaskFailedError{Kind: KindEntity, Name: t.name, Entity: t.instanceID, TaskID: t.id, Failure: failureOrUnknown(e.Failure)})
+		}
+	case history.EntityLockGranted:
+		if s := c.lock; s != nil && s.task == t {
+			s.granted = true
+		}
+		t.future.resolve(nil, nil)
 	}
 	in.wake()
+}
+
+// completedTask returns the scheduled task completion e is for, or nil when
+// there is none (unknown, already completed, or of another kind).
+func (c *Context) completedTask(e *history.Event) *task {
+	t := c.tasks[e.TaskID]
+	if t == nil || t.state != stateScheduled || !completes(e.Type, t.kind) {
+		return nil
+	}
+	if e.Type == history.EntityLockGranted && e.Name != t.name {
+		return nil // a grant for another section
+	}
+	return t
 }
 
 func failureOrUnknown(f *history.Failure) *history.Failure {
@@ -512,6 +548,7 @@ func (in *Instance) terminate(e *history.Event) {
 	if in.replaying {
 		return // only a corrupt history has events after a termination
 	}
+	in.releaseHeld(c)
 	if e.Recurse {
 		var children []*task
 		for _, t := range c.tasks {
@@ -601,9 +638,10 @@ func (in *Instance) applyMessage(m *history.Message) {
 func (c *Context) refusal(e *history.Event) string {
 	switch e.Type {
 	case history.TaskCompleted, history.TaskFailed, history.TimerFired,
-		history.SubOrchestrationCompleted, history.SubOrchestrationFailed:
-		t := c.tasks[e.TaskID]
-		if t == nil || t.state != stateScheduled || t.kind != kindCompletedBy(e.Type) {
+		history.SubOrchestrationCompleted, history.SubOrchestrationFailed,
+		history.EntityOperationCompleted, history.EntityOperationFailed, history.EntityLockGranted:
+		t := c.completedTask(e)
+		if t == nil {
 			return "its task is unknown or already completed"
 		}
 		if t.queued {
@@ -619,6 +657,8 @@ func (c *Context) refusal(e *history.Event) string {
 			return "the instance is not suspended"
 		}
 	default:
+		// Entity requests (signals, calls, lock requests and releases,
+		// EntityContinue) are for entities.
 		return "an orchestration does not accept it as a message"
 	}
 	return ""
@@ -647,14 +687,24 @@ func (in *Instance) startMessage(m *history.Message) {
 	in.afterMessage()
 }
 
-// reset discards the current execution for a new one.
+// reset discards the current execution for a new one. The releases of
+// critical sections already decided are kept: they are owed whatever
+// happens to the execution, and so are the releases of the discarded
+// execution's section if it had not ended.
 func (in *Instance) reset() {
-	if in.x != nil {
-		in.x.stop()
+	old := in.x
+	if old != nil {
+		old.stop()
+	}
+	in.res.Outbound = slices.DeleteFunc(in.res.Outbound, func(o Outbound) bool {
+		return o.Message.Event.Type != history.EntityLockReleased
+	})
+	if old != nil && !old.ended {
+		in.releaseHeld(old)
 	}
 	in.x, in.version, in.opened = nil, 0, false
 	in.res.ResetHistory = true
-	in.res.NewEvents, in.res.Outbound = nil, nil
+	in.res.NewEvents = nil
 }
 
 func (in *Instance) afterMessage() {
@@ -663,9 +713,14 @@ func (in *Instance) afterMessage() {
 	}
 }
 
+// drop leaves a message without effect, except that a lock grant nobody
+// waits for is undone (see releaseGrant).
 func (in *Instance) drop(m *history.Message, reason string) {
 	in.log.Debug("message dropped", "instance", in.id, "type", m.Event.Type.String(), "taskID", m.Event.TaskID,
 		"executionID", m.ExecutionID, "reason", reason)
+	if m.Event.Type == history.EntityLockGranted {
+		in.releaseGrant(m)
+	}
 }
 
 // ---- Producing events and messages ----
@@ -700,7 +755,7 @@ func (in *Instance) flush() {
 		}
 		t.state = stateScheduled
 		in.emitAction(t)
-		if t.kind == kindSendEvent {
+		if t.kind.fireAndForget() || t.abandoned {
 			c.dropTask(t)
 		}
 	}
@@ -758,6 +813,8 @@ func (in *Instance) emitAction(t *task) {
 		in.send(Outbound{Message: history.Message{InstanceID: t.instanceID, Event: &history.Event{
 			Type: history.EventRaised, Time: in.now, Name: t.name, Input: t.input,
 		}}})
+	case kindEntitySignal, kindEntityCall, kindEntityLock, kindEntityUnlock:
+		in.emitEntityAction(t)
 	}
 }
 
@@ -790,6 +847,7 @@ func (in *Instance) emitEnd() {
 		end.Input = c.cont.input
 	}
 	in.appendEvent(end)
+	in.releaseHeld(c)
 
 	if c.status == StatusContinuedAsNew {
 		next := continueAsNewExecutionID(in.id, c.executionID)

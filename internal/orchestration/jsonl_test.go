@@ -68,7 +68,7 @@ func usesTaskID(t history.Type) bool {
 }
 
 func typeByName(s string) (history.Type, bool) {
-	for t := history.ExecutionStarted; t <= history.EventRaised; t++ {
+	for t := history.ExecutionStarted; t.Valid(); t++ {
 		if t.String() == s {
 			return t, true
 		}
