@@ -27,6 +27,12 @@ import (
 // processes while a random worker is SIGKILLed every 1–3 s and restarted.
 // Afterwards every instance must have completed with the right output, with
 // a clean history, and with an Instances row that agrees with History.
+//
+// Entities run through the same chaos: BankTransfer orchestrations move
+// money between a few accounts inside critical sections (the total must be
+// conserved, and every transfer must finish: no deadlock, no lock lost with
+// a killed worker), and a counter receives one client signal per instance
+// (it must end exact).
 
 const chaosChildEnv = "TASKHUB_CHAOS_CHILD"
 
@@ -75,7 +81,16 @@ func registerChaos(r *Registry) {
 		y, err := Await[int](b)
 		return x + y, err
 	})
+	_ = RegisterEntityType[e2eAccount](r, "Account")
+	_ = RegisterEntity(r, "Counter", e2eCounter)
+	_ = RegisterOrchestrator(r, "Transfer", e2eTransfer)
 }
+
+// Chaos entities: accounts with chaosInitial each, and the counter.
+const (
+	chaosAccounts = 6
+	chaosInitial  = 1000
+)
 
 func chaosOptions() WorkerOptions {
 	o := testOptions()
@@ -218,6 +233,13 @@ func testChaos(t *testing.T, spec, hub string) {
 		}
 	})
 
+	for a := range chaosAccounts {
+		must(t, client.SignalEntity(ctx, NewEntityID("Account", strconv.Itoa(a)), "Deposit", chaosInitial))
+	}
+	counter := NewEntityID("Counter", "chaos")
+	transfers := instances / 10
+	var transferIDs []string
+
 	cases := chaosCases(instances)
 	ids := make([]string, len(cases))
 	// Start the instances in waves over about 30 s, so the kills land
@@ -236,6 +258,18 @@ func testChaos(t *testing.T, spec, hub string) {
 		if c.name == "Event" {
 			must(t, client.RaiseEvent(ctx, ids[i], "Go", "go"))
 		}
+		must(t, client.SignalEntity(ctx, counter, "add", 1))
+		if i%10 == 0 && len(transferIDs) < transfers {
+			k := len(transferIDs)
+			from, to := k%chaosAccounts, (k*5+1)%chaosAccounts
+			if from == to {
+				to = (to + 1) % chaosAccounts
+			}
+			id := fmt.Sprintf("chaos-transfer-%04d", k)
+			_, err := client.ScheduleNewOrchestration(ctx, "Transfer", e2eTransferInput{From: strconv.Itoa(from), To: strconv.Itoa(to), Amount: 1 + k%300}, WithStartInstanceID(id))
+			must(t, err)
+			transferIDs = append(transferIDs, id)
+		}
 	}
 	for i, id := range ids {
 		st, err := client.WaitForInstanceCompletion(ctx, id)
@@ -247,6 +281,16 @@ func testChaos(t *testing.T, spec, hub string) {
 			t.Fatalf("%s: status %s output %s failure %+v, want %s", id, st.RuntimeStatus, st.Output, st.Failure, cases[i].want)
 		}
 	}
+	for _, id := range transferIDs {
+		st, err := client.WaitForInstanceCompletion(ctx, id)
+		if err != nil {
+			dumpStuck(t, client, be, id)
+			t.Fatalf("%s: %v (after %d kills)", id, err, kills)
+		}
+		if st.RuntimeStatus != StatusCompleted {
+			t.Fatalf("%s: status %s failure %+v", id, st.RuntimeStatus, st.Failure)
+		}
+	}
 	close(monkeyDone)
 	monkey.Wait()
 	mu.Lock()
@@ -256,11 +300,30 @@ func testChaos(t *testing.T, spec, hub string) {
 		t.Fatalf("only %d kills happened: the run was too short to test anything", kills)
 	}
 
+	// The entities: money conserved, no lock left, the counter exact.
+	total := 0
+	for a := range chaosAccounts {
+		id := NewEntityID("Account", strconv.Itoa(a))
+		m := waitEntity(t, client, id, func(m *EntityMetadata) bool { return m.LockedBy == "" && m.BacklogQueueSize == 0 })
+		var acct e2eAccount
+		must(t, m.ReadState(&acct))
+		if acct.Balance < 0 {
+			t.Fatalf("account %d: negative balance %d", a, acct.Balance)
+		}
+		total += acct.Balance
+	}
+	if total != chaosAccounts*chaosInitial {
+		t.Fatalf("accounts hold %d in total after %d transfers, want %d", total, len(transferIDs), chaosAccounts*chaosInitial)
+	}
+	m := waitEntity(t, client, counter, func(m *EntityMetadata) bool { return m.HasState && string(m.State) == strconv.Itoa(instances) })
+	t.Logf("counter %s after %d signals; %d transfers conserved %d", m.State, instances, len(transferIDs), total)
+
 	// Every instance, sub-orchestrations included, has a consistent store.
 	checked := 0
 	token := ""
 	for {
-		page, err := be.InstanceList(ctx, &backend.InstanceListParams{PageSize: 500, ContinuationToken: token})
+		page, err := be.InstanceList(ctx, &backend.InstanceListParams{PageSize: 500, ContinuationToken: token,
+			Filter: backend.InstanceFilter{ExcludeInstanceIDPrefix: "@"}})
 		must(t, err)
 		for _, row := range page.Instances {
 			checkConsistent(t, client, be, row)
@@ -270,7 +333,7 @@ func testChaos(t *testing.T, spec, hub string) {
 			break
 		}
 	}
-	if want := instances + 2*instances/5; checked != want {
+	if want := instances + 2*instances/5 + len(transferIDs); checked != want {
 		t.Fatalf("checked %d instances, want %d (with sub-orchestrations)", checked, want)
 	}
 }
@@ -302,6 +365,10 @@ func checkConsistent(t *testing.T, c *Client, be backend.Backend, row *backend.I
 			scheduled[key("sub")]++
 		case "SubOrchestrationCompleted", "SubOrchestrationFailed":
 			completed[key("sub")]++
+		case "EntityOperationCalled", "EntityLockRequested":
+			scheduled[key("entity")]++
+		case "EntityOperationCompleted", "EntityOperationFailed", "EntityLockGranted":
+			completed[key("entity")]++
 		case "ExecutionStarted", "ExecutionCompleted":
 			if e.Type == "ExecutionStarted" && i != 1 {
 				t.Fatalf("%s: ExecutionStarted at seq %d", row.InstanceID, i)

@@ -338,6 +338,7 @@ func (c *Client) PurgeInstance(ctx context.Context, instanceID string) error {
 }
 
 // InstanceFilter selects instances for QueryInstances and PurgeInstances.
+// Entities are never selected: see QueryEntities and CleanEntityStorage.
 type InstanceFilter struct {
 	Statuses         []Status
 	CreatedFrom      time.Time // inclusive
@@ -347,7 +348,8 @@ type InstanceFilter struct {
 }
 
 func (f InstanceFilter) internal() backend.InstanceFilter {
-	return backend.InstanceFilter{Statuses: f.Statuses, CreatedFrom: f.CreatedFrom, CreatedTo: f.CreatedTo, Name: f.Name, InstanceIDPrefix: f.InstanceIDPrefix}
+	return backend.InstanceFilter{Statuses: f.Statuses, CreatedFrom: f.CreatedFrom, CreatedTo: f.CreatedTo, Name: f.Name, InstanceIDPrefix: f.InstanceIDPrefix,
+		ExcludeInstanceIDPrefix: "@"}
 }
 
 // PurgeInstances deletes every finished instance matching the filter and

@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(chaosChildEnv) != "" {
 		os.Exit(chaosChild())
 	}
+	if os.Getenv(entityCrashChildEnv) != "" {
+		os.Exit(entityCrashChild())
+	}
 	os.Exit(m.Run())
 }
 

@@ -73,18 +73,26 @@ func failureDetails(f *history.Failure) *FailureDetails {
 	return &FailureDetails{Type: f.Type, Message: f.Message, Stack: f.Stack, NonRetryable: f.NonRetryable, Cause: failureDetails(f.Cause)}
 }
 
-// TaskFailedError is returned by Await when an activity or sub-orchestration
-// failed (after its retries). Failure carries the remote error's type,
-// message and stack.
+// TaskFailedError is returned by Await when an activity, a
+// sub-orchestration or an entity call failed (after its retries), or an
+// entity refused a lock. Failure carries the remote error's type, message
+// and stack.
 type TaskFailedError struct {
-	// Kind is "activity" or "suborchestration".
-	Kind    string
-	Name    string
+	// Kind is "activity", "suborchestration", "entity" or "entitylock".
+	Kind string
+	// Name is the activity, orchestrator or entity operation (for a lock:
+	// the critical section's lock ID).
+	Name string
+	// Entity is the called entity's ID (for a lock: the section's IDs).
+	Entity  string
 	TaskID  int64
 	Failure *FailureDetails
 }
 
 func (e *TaskFailedError) Error() string {
+	if e.Entity != "" {
+		return fmt.Sprintf("%s %q on %q failed: %s", e.Kind, e.Name, e.Entity, e.Failure.Error())
+	}
 	return fmt.Sprintf("%s %q failed: %s", e.Kind, e.Name, e.Failure.Error())
 }
 
@@ -94,7 +102,7 @@ func (e *TaskFailedError) Unwrap() error { return e.Failure }
 func wrapTaskError(err error) error {
 	var tf *orchestration.TaskFailedError
 	if errors.As(err, &tf) {
-		return &TaskFailedError{Kind: tf.Kind, Name: tf.Name, TaskID: tf.TaskID, Failure: failureDetails(tf.Failure)}
+		return &TaskFailedError{Kind: tf.Kind, Name: tf.Name, Entity: tf.Entity, TaskID: tf.TaskID, Failure: failureDetails(tf.Failure)}
 	}
 	return err
 }

@@ -40,6 +40,9 @@ const (
 	// LargePayloadThresholdDefault: payloads above it are compressed into
 	// the payload store and referenced (45 KB, as the reference).
 	LargePayloadThresholdDefault = 45 * 1024
+	// MaxEntityOperationBatchSizeDefault: operations one entity batch (one
+	// commit) runs at most (Durable Functions' default).
+	MaxEntityOperationBatchSizeDefault = 5000
 )
 
 // ConcurrencyDefault is the default of the per-worker throttles: 10 × cores.
@@ -63,6 +66,14 @@ type WorkerOptions struct {
 	// at once (default 10 × cores). An orchestration that is awaiting does
 	// not count.
 	MaxConcurrentOrchestratorFunctions int
+	// MaxConcurrentEntityFunctions bounds entity batches running at once
+	// (default 10 × cores).
+	MaxConcurrentEntityFunctions int
+	// MaxEntityOperationBatchSize bounds the operations one entity runs
+	// in one batch, which is one commit (default 5000; 1 disables
+	// batching). A batch also never holds more messages than the
+	// partition's listener has received (ControlQueueBufferThreshold).
+	MaxEntityOperationBatchSize int
 
 	// ControlQueueBatchSize is how many control messages one receive takes
 	// (default 32).
@@ -133,6 +144,8 @@ func (o WorkerOptions) withDefaults() WorkerOptions {
 	def(&o.PartitionCount, PartitionCountDefault)
 	def(&o.MaxConcurrentActivityFunctions, ConcurrencyDefault())
 	def(&o.MaxConcurrentOrchestratorFunctions, ConcurrencyDefault())
+	def(&o.MaxConcurrentEntityFunctions, ConcurrencyDefault())
+	def(&o.MaxEntityOperationBatchSize, MaxEntityOperationBatchSizeDefault)
 	def(&o.ControlQueueBatchSize, ControlQueueBatchSizeDefault)
 	def(&o.ControlQueueBufferThreshold, ControlQueueBufferThresholdDefault)
 	defDur(&o.ControlQueueVisibilityTimeout, ControlQueueVisibilityTimeoutDefault)
@@ -168,6 +181,8 @@ func (o WorkerOptions) validate() error {
 	positive := map[string]int{
 		"MaxConcurrentActivityFunctions":     o.MaxConcurrentActivityFunctions,
 		"MaxConcurrentOrchestratorFunctions": o.MaxConcurrentOrchestratorFunctions,
+		"MaxConcurrentEntityFunctions":       o.MaxConcurrentEntityFunctions,
+		"MaxEntityOperationBatchSize":        o.MaxEntityOperationBatchSize,
 		"ControlQueueBatchSize":              o.ControlQueueBatchSize,
 		"ControlQueueBufferThreshold":        o.ControlQueueBufferThreshold,
 		"InstanceCacheSizeMB":                o.InstanceCacheSizeMB,

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/taskhub/taskhub/internal/engine"
+	"github.com/taskhub/taskhub/internal/entity"
 	"github.com/taskhub/taskhub/internal/orchestration"
 )
 
@@ -17,6 +19,9 @@ type Registry struct {
 	mu            sync.RWMutex
 	orchestrators map[string]registeredOrchestrator
 	activities    map[string]registeredActivity
+	// entities maps lower-case entity names to their operations; created
+	// by the first RegisterEntity or RegisterEntityType (see entity.go).
+	entities map[string]entity.Invoke
 }
 
 type registeredOrchestrator struct {
@@ -132,6 +137,16 @@ func (r *Registry) activity(name string) (engine.ActivityFunc, bool) {
 	defer r.mu.RUnlock()
 	a, ok := r.activities[name]
 	return a.fn, ok
+}
+
+// entity returns the operations of the entity named name, which is
+// case-insensitive (the engine passes the name parsed from an entity ID).
+func (r *Registry) entity(name string) (entity.Invoke, bool) {
+	name = strings.ToLower(name) // no allocation when already lower case
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	fn, ok := r.entities[name]
+	return fn, ok
 }
 
 func (r *Registry) activityTimeout(name string) time.Duration {

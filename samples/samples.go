@@ -6,6 +6,8 @@
 //   - Approval waits for the "Approval" event with a timeout.
 //   - ImagePipeline is the shape of seed 000: a parent starting 4
 //     sub-orchestrations (ImageProcess) that each chain 4 activities.
+//   - Counter and Account are durable entities, and BankTransfer moves money
+//     between two Accounts inside a critical section (entities.go).
 package samples
 
 import (
@@ -37,6 +39,7 @@ func Register(r *taskhub.Registry) error {
 		taskhub.RegisterOrchestrator(r, ImageProcessName, ImageProcess),
 		taskhub.RegisterActivity(r, SayHelloName, SayHello),
 		taskhub.RegisterActivity(r, ImageStepName, ImageStep),
+		RegisterEntities(r),
 	)
 }
 

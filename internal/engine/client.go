@@ -258,3 +258,37 @@ func (c *Client) Wait(ctx context.Context, instanceID string, done func(*backend
 		}
 	}
 }
+
+// SendEntity enqueues a message for an entity (an operation, or a lock
+// release on behalf of its holder), visible at visibleAt (zero: at once).
+// No row is read: an entity comes into being with its first operation.
+func (c *Client) SendEntity(ctx context.Context, entityID string, ev *history.Event, visibleAt time.Time) error {
+	if !isEntity(entityID) {
+		return fmt.Errorf("%q is not an entity ID", entityID)
+	}
+	pc, err := c.partitions(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.clk.Now()
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	unit := &backend.Commit{Now: now}
+	msg := &history.Message{InstanceID: entityID, Event: ev}
+	nm := &backend.NewMessage{ID: newID(), Partition: backend.PartitionOf(entityID, pc), InstanceID: entityID, VisibleAt: visibleAt,
+		Data: c.codec.encodeMessage(msg, &unit.Writes.Payloads)}
+	unit.Writes.ControlSend = []*backend.NewMessage{nm}
+	return c.commitSend(ctx, unit, nm)
+}
+
+// PurgeEntity removes an entity's row if it is still at version (nothing
+// changed since it was read), keeping its queued messages: they bring the
+// entity back.
+func (c *Client) PurgeEntity(ctx context.Context, entityID string, version int64) error {
+	if !isEntity(entityID) {
+		return fmt.Errorf("%q is not an entity ID", entityID)
+	}
+	_, err := c.be.InstancePurge(ctx, &backend.InstancePurgeParams{InstanceID: entityID, ExpectVersion: version, KeepMessages: true})
+	return err
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/taskhub/taskhub/internal/clock"
 	"github.com/taskhub/taskhub/internal/commit"
 	"github.com/taskhub/taskhub/internal/controlqueue"
+	"github.com/taskhub/taskhub/internal/entity"
 	"github.com/taskhub/taskhub/internal/orchestration"
 	"github.com/taskhub/taskhub/internal/workitem"
 )
@@ -53,6 +54,14 @@ type Options struct {
 
 	MaxConcurrentActivities     int
 	MaxConcurrentOrchestrations int
+
+	// Entities finds an entity's operations by (lower-case) name; nil or
+	// not found makes every operation fail as not registered.
+	Entities                     func(name string) (entity.Invoke, bool)
+	MaxConcurrentEntityFunctions int
+	// MaxEntityOperationBatchSize bounds the operations of one entity
+	// batch (one commit); 1 disables batching, ≤ 0 means the default.
+	MaxEntityOperationBatchSize int
 
 	ControlQueueBatchSize         int
 	ControlQueueBufferThreshold   int
@@ -85,6 +94,9 @@ type Hooks struct {
 	OnActivity   func(name string, d time.Duration, err error)
 	OnBatch      func(size int, err error)
 	OnLeaseEvent func(partition int, epoch int64, event string)
+	// OnEntityBatch reports a committed entity batch: the operations it
+	// ran and the messages it consumed.
+	OnEntityBatch func(entityID string, operations, consumed int, d time.Duration)
 }
 
 // Engine is a running worker.
@@ -95,11 +107,13 @@ type Engine struct {
 	log   *slog.Logger
 	codec *codec
 
-	committer  *commit.Committer
-	dispatcher *workitem.Dispatcher
-	cache      *cache.Cache[*cached]
-	orchSlots  chan struct{}
-	Notify     *Notifier
+	committer   *commit.Committer
+	dispatcher  *workitem.Dispatcher
+	cache       *cache.Cache[*cached]
+	entCache    *cache.Cache[*entityState]
+	orchSlots   chan struct{}
+	entitySlots chan struct{}
+	Notify      *Notifier
 
 	mu       sync.Mutex
 	owned    map[int]*controlqueue.Listener
@@ -127,22 +141,27 @@ func New(be backend.Backend, opts Options) *Engine {
 		opts.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
 	}
 	e := &Engine{
-		be:        be,
-		opts:      opts,
-		clk:       opts.Clock,
-		log:       opts.Logger,
-		codec:     newCodec(be, opts.LargePayloadThreshold),
-		orchSlots: make(chan struct{}, max(1, opts.MaxConcurrentOrchestrations)),
-		Notify:    NewNotifier(),
-		owned:     map[int]*controlqueue.Listener{},
-		leases:    map[int]time.Time{},
-		balance:   make(chan struct{}, 1),
+		be:          be,
+		opts:        opts,
+		clk:         opts.Clock,
+		log:         opts.Logger,
+		codec:       newCodec(be, opts.LargePayloadThreshold),
+		orchSlots:   make(chan struct{}, max(1, opts.MaxConcurrentOrchestrations)),
+		entitySlots: make(chan struct{}, max(1, opts.MaxConcurrentEntityFunctions)),
+		Notify:      NewNotifier(),
+		owned:       map[int]*controlqueue.Listener{},
+		leases:      map[int]time.Time{},
+		balance:     make(chan struct{}, 1),
 	}
 	cacheBytes, idle := opts.CacheBytes, opts.CacheIdle
 	if !opts.CacheEnabled || opts.ForceReplay {
 		cacheBytes, idle = 1, 0 // every Put evicts at once
 	}
 	e.cache = cache.New[*cached](cacheBytes, idle)
+	e.entCache = cache.New[*entityState](cacheBytes, idle)
+	if e.opts.Entities == nil {
+		e.opts.Entities = func(string) (entity.Invoke, bool) { return nil, false }
+	}
 	e.committer = commit.New(be, commit.Options{OnBatch: opts.Hooks.OnBatch})
 	e.dispatcher = workitem.New(be, e.runActivity, workitem.Options{
 		Owner:        opts.WorkerID,
@@ -230,6 +249,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 		e.steps.Wait()
 		e.committer.Stop()
 		e.cache.Clear()
+		e.entCache.Clear()
 		if rerr := e.be.WorkerRemove(context.WithoutCancel(ctx), e.opts.WorkerID); rerr != nil {
 			e.log.Warn("worker registry: remove failed", "err", rerr)
 		}
@@ -287,6 +307,7 @@ func (e *Engine) cacheLoop(ctx context.Context) {
 			return
 		case <-t.C():
 			e.cache.ExpireIdle(e.clk.Now())
+			e.entCache.ExpireIdle(e.clk.Now())
 		}
 	}
 }

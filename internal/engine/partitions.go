@@ -259,4 +259,5 @@ func (e *Engine) releaseAll(ctx context.Context) error {
 // here would be stale if the partition came back.
 func (e *Engine) forgetPartition(p int) {
 	e.cache.RemoveIf(func(id string) bool { return backend.PartitionOf(id, e.opts.PartitionCount) == p })
+	e.entCache.RemoveIf(func(id string) bool { return backend.PartitionOf(id, e.opts.PartitionCount) == p })
 }

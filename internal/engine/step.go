@@ -29,6 +29,10 @@ func (c *cached) Close()         { c.in.Close() }
 // goroutine once an orchestration slot is free. An instance that is only
 // awaiting holds no slot.
 func (e *Engine) dispatchStep(fence backend.Fence, instanceID string, msgs []*backend.ControlMessage, done func()) {
+	if isEntity(instanceID) {
+		e.dispatchEntity(fence, instanceID, msgs, done)
+		return
+	}
 	e.steps.Add(1)
 	go func() {
 		defer e.steps.Done()
@@ -136,19 +140,20 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 		}
 		w.History = app
 		w.InstanceUpsert = e.instanceRow(instanceID, c, res, &w.Payloads)
-		for _, ob := range res.Outbound {
-			msg := ob.Message
-			nm := &backend.NewMessage{ID: newID(), InstanceID: msg.InstanceID, VisibleAt: ob.VisibleAt}
-			nm.Data = e.codec.encodeMessage(&msg, &w.Payloads)
-			if ob.WorkItem {
-				w.WorkSend = append(w.WorkSend, nm)
-				out.addWork(nm)
-				continue
-			}
-			nm.Partition = backend.PartitionOf(msg.InstanceID, e.opts.PartitionCount)
-			w.ControlSend = append(w.ControlSend, nm)
-			out.addControl(nm)
+	}
+	// Messages go out even from a step that recorded nothing: a lock grant
+	// that nobody waits for any more is answered by releasing the locks.
+	for _, ob := range res.Outbound {
+		w := &unit.Writes
+		msg := ob.Message
+		if !ob.WorkItem {
+			e.addOutbound(w, out, &msg, ob.VisibleAt)
+			continue
 		}
+		nm := &backend.NewMessage{ID: newID(), InstanceID: msg.InstanceID, VisibleAt: ob.VisibleAt}
+		nm.Data = e.codec.encodeMessage(&msg, &w.Payloads)
+		w.WorkSend = append(w.WorkSend, nm)
+		out.addWork(nm)
 	}
 
 	err = e.committer.Commit(ctx, unit)

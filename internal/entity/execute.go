@@ -238,6 +238,7 @@ func (x *executor) lock(r *Request) bool {
 				Owner:   owner,
 				LockID:  r.LockID,
 				LockSet: slices.Clone(r.LockSet[1:]),
+				Section: r.Section,
 			},
 		})
 	} else {
@@ -247,6 +248,7 @@ func (x *executor) lock(r *Request) bool {
 			ExecutionID: owner.ExecutionID,
 			TaskID:      r.TaskID,
 			LockID:      r.LockID,
+			Section:     r.Section,
 		})
 	}
 	return true

@@ -96,6 +96,10 @@ type Request struct {
 	// LockSet (Lock) lists the entities still to lock after this one, in
 	// ascending order.
 	LockSet []string `json:"lockSet,omitempty"`
+	// Section (Lock) is the whole critical section, sorted: forwarded
+	// unchanged and returned with the grant, so that a grant nobody waits
+	// for any more can still be undone by unlocking every entity.
+	Section []string `json:"section,omitempty"`
 }
 
 // owner is the orchestration a Lock request is for.
@@ -278,9 +282,10 @@ type Effect struct {
 	Name        string // Start
 	Input       []byte // Start
 	At          time.Time
-	ExecutionID string // LockGranted
-	TaskID      int64  // LockGranted
-	LockID      string // LockGranted
+	ExecutionID string   // LockGranted
+	TaskID      int64    // LockGranted
+	LockID      string   // LockGranted
+	Section     []string // LockGranted: the section's entities
 }
 
 // Response answers a call (TaskCompleted or TaskFailed for task TaskID of
