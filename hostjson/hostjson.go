@@ -43,10 +43,10 @@
 //	storageProvider.maxQueuePollingInterval         MaxQueuePollingInterval              more than 0, at most 01:00:00
 //	maxConcurrentActivityFunctions                  MaxConcurrentActivityFunctions       ≥ 1
 //	maxConcurrentOrchestratorFunctions              MaxConcurrentOrchestratorFunctions   ≥ 1
-//	maxConcurrentEntityFunctions                    Config.MaxConcurrentEntityFunctions  ≥ 1 (not applied yet)
+//	maxConcurrentEntityFunctions                    MaxConcurrentEntityFunctions         ≥ 1
 //	extendedSessionsEnabled                         DisableExtendedSessions (negated)    true or false
 //	extendedSessionIdleTimeoutInSeconds             ExtendedSessionIdleTimeout           1–86400 (seconds)
-//	maxEntityOperationBatchSize                     Config.MaxEntityOperationBatchSize   ≥ 1 (not applied yet)
+//	maxEntityOperationBatchSize                     MaxEntityOperationBatchSize          ≥ 1 (1 turns batching off)
 //
 // Only the keys that the file sets are put into Config.Worker; every other
 // field stays zero, which taskhub.NewWorker reads as its documented default.
@@ -106,13 +106,6 @@ type Config struct {
 	// field is zero, meaning its default. It is meant as the starting point
 	// of the options passed to taskhub.NewWorker.
 	Worker taskhub.WorkerOptions
-	// MaxConcurrentEntityFunctions is parsed and validated, and will apply
-	// once taskhub has durable entities; 0 when the file does not set it.
-	MaxConcurrentEntityFunctions int
-	// MaxEntityOperationBatchSize likewise (Durable Functions' default is
-	// 5000, or 50 on a Consumption plan; 1 turns batching off); 0 when the
-	// file does not set it.
-	MaxEntityOperationBatchSize int
 }
 
 // Warning is a key that was read but not applied: a Durable Functions
@@ -642,11 +635,6 @@ func (l *loader) crossChecks() {
 	}
 	if at, ok := l.set[taskSettings["extendedsessionidletimeoutinseconds"]]; ok && w.DisableExtendedSessions {
 		l.warn(at.path, at.keyOffset, "has no effect: extendedSessionsEnabled is false")
-	}
-	for _, key := range []string{"maxconcurrententityfunctions", "maxentityoperationbatchsize"} {
-		if at, ok := l.set[taskSettings[key]]; ok {
-			l.warn(at.path, at.keyOffset, "validated and kept in Config, but not applied yet: "+whyEntities)
-		}
 	}
 }
 

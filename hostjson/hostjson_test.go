@@ -107,13 +107,9 @@ func TestFixtures(t *testing.T) {
 					MaxConcurrentActivityFunctions:     12,
 					MaxConcurrentOrchestratorFunctions: 7,
 					ExtendedSessionIdleTimeout:         45 * time.Second,
+					MaxConcurrentEntityFunctions:       3,
+					MaxEntityOperationBatchSize:        5000,
 				},
-				MaxConcurrentEntityFunctions: 3,
-				MaxEntityOperationBatchSize:  5000,
-			},
-			warnings: []wantMsg{
-				{"extensions.durableTask.maxConcurrentEntityFunctions", 18, 0, "not applied yet"},
-				{"extensions.durableTask.maxEntityOperationBatchSize", 21, 0, "not applied yet"},
 			},
 		},
 		{
@@ -448,6 +444,21 @@ func TestValues(t *testing.T) {
 			errors: []wantMsg{{"extensions.durableTask.storageProvider.workItemQueueVisibilityTimeout", 1, 0, "hours 24 out of range 0–23 (write one day as 1.00:00:00)"}},
 		},
 		{
+			name:     "entity settings apply to the worker; 1 turns batching off",
+			body:     `"maxConcurrentEntityFunctions": "6", "maxEntityOperationBatchSize": 1`,
+			want:     &Config{Shape: Shape2, Worker: taskhub.WorkerOptions{MaxConcurrentEntityFunctions: 6, MaxEntityOperationBatchSize: 1}},
+			warnings: []wantMsg{},
+		},
+		{
+			name: "entity settings taskhub has no use for are ignored with the reason",
+			body: "\"rollbackEntityOperationsOnExceptions\": false,\n\"entityMessageReorderWindowInMinutes\": 30",
+			want: &Config{Shape: Shape2},
+			warnings: []wantMsg{
+				{"extensions.durableTask.rollbackEntityOperationsOnExceptions", 1, 0, "ignored: taskhub always rolls back a failed entity operation, and only that operation"},
+				{"extensions.durableTask.entityMessageReorderWindowInMinutes", 2, 0, "ignored: taskhub de-duplicates entity messages by sender sequence"},
+			},
+		},
+		{
 			name: "batch size above the buffer threshold is a warning, as in Durable Functions",
 			body: `"storageProvider": {"controlQueueBatchSize": 20, "controlQueueBufferThreshold": 10}`,
 			want: &Config{Shape: Shape2, Worker: taskhub.WorkerOptions{ControlQueueBatchSize: 20, ControlQueueBufferThreshold: 10}},
@@ -583,7 +594,7 @@ func TestLoadFile(t *testing.T) {
 	}
 
 	cfg, warns, err := LoadFile(filepath.Join("testdata", "full-2x.json"))
-	if err != nil || cfg == nil || cfg.HubName != "OrdersHub2" || len(warns) != 2 {
+	if err != nil || cfg == nil || cfg.HubName != "OrdersHub2" || cfg.Worker.MaxConcurrentEntityFunctions != 3 || len(warns) != 0 {
 		t.Errorf("LoadFile(full-2x.json) = %+v, %v, %v", cfg, warns, err)
 	}
 

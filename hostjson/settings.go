@@ -133,8 +133,8 @@ var settings = []*setting{
 	},
 	{
 		name: "maxConcurrentEntityFunctions", kind: kindInt, min: 1, max: int32Max,
-		field:  "Config.MaxConcurrentEntityFunctions",
-		setInt: func(c *Config, v int) { c.MaxConcurrentEntityFunctions = v },
+		field:  "WorkerOptions.MaxConcurrentEntityFunctions",
+		setInt: func(c *Config, v int) { c.Worker.MaxConcurrentEntityFunctions = v },
 	},
 	{
 		name: "extendedSessionsEnabled", kind: kindBoolean,
@@ -151,8 +151,8 @@ var settings = []*setting{
 	{
 		name: "maxEntityOperationBatchSize", kind: kindInt, min: 1, max: int32Max,
 		why:    "1 turns batching off",
-		field:  "Config.MaxEntityOperationBatchSize",
-		setInt: func(c *Config, v int) { c.MaxEntityOperationBatchSize = v },
+		field:  "WorkerOptions.MaxEntityOperationBatchSize",
+		setInt: func(c *Config, v int) { c.Worker.MaxEntityOperationBatchSize = v },
 	},
 }
 
@@ -163,10 +163,11 @@ const (
 	whyTracing    = "taskhub logs through log/slog"
 	whyEventGrid  = "taskhub publishes no Event Grid notifications"
 	whyVersioning = "taskhub has no orchestration versioning settings"
-	whyHTTP       = "taskhub serves no Durable Functions HTTP API"
+	whyHTTP       = "taskhub's HTTP API (package httpapi, taskhub serve) is configured by its own options"
 	whyAppLease   = "taskhub has no app lease; workers share partitions through leases"
 	whyGrpc       = "taskhub runs no out-of-process gRPC workers"
-	whyEntities   = "taskhub has no durable entities yet"
+	whyRollback   = "taskhub always rolls back a failed entity operation, and only that operation"
+	whyReorder    = "taskhub de-duplicates entity messages by sender sequence in the entity's record, with no time window"
 	whyStorage    = "it tunes the Azure Storage provider, which taskhub does not use"
 	whyProvider   = "taskhub uses its own backend, whichever provider is named here"
 )
@@ -202,8 +203,8 @@ var ignoredTask = lowerKeys(map[string]string{
 	"localRpcEndpointEnabled":               whyGrpc,
 	"maxGrpcMessageSizeInBytes":             whyGrpc,
 	"grpcHttpClientTimeout":                 whyGrpc,
-	"rollbackEntityOperationsOnExceptions":  whyEntities,
-	"entityMessageReorderWindowInMinutes":   whyEntities,
+	"rollbackEntityOperationsOnExceptions":  whyRollback,
+	"entityMessageReorderWindowInMinutes":   whyReorder,
 	"azureStorageConnectionStringName":      whyConnection,
 })
 

@@ -42,6 +42,7 @@ func FuzzHTTPRequests(f *testing.F) {
 			taskhub.RegisterOrchestrator(r, samples.HelloSequenceName, samples.HelloSequence),
 			taskhub.RegisterOrchestrator(r, samples.ApprovalName, samples.Approval),
 			taskhub.RegisterActivity(r, samples.SayHelloName, samples.SayHello),
+			taskhub.RegisterEntity(r, samples.CounterName, samples.Counter),
 		)
 	})
 	h := httpapi.New(client, httpapi.Options{Keys: []string{key}, MaxBodyBytes: 1 << 16, Logger: quietLogger()})
@@ -68,6 +69,18 @@ func FuzzHTTPRequests(f *testing.F) {
 		{"POST", base + "/instances/fz-2/resume", code, ""},
 		{"POST", base + "/instances/fz-1/restart", code + "&restartWithNewInstanceId=false", ""},
 		{"POST", base + "/instances/fz-1/rewind", code, ""},
+		{"POST", base + "/entities/Counter/fz-c", code + "&op=add", "5"},
+		{"POST", base + "/entities/Counter/fz-c", code + "&op=add&signalTime=2030-01-01T00:00:00Z", "1"},
+		{"POST", base + "/entities/Counter/a%2Fb%40c", code + "&op=reset", ""},
+		{"POST", base + "/entities/Counter/fz-c", code, `{"x":`},
+		{"POST", base + "/entities/Coun%40ter/fz-c", code + "&op=%00", ""},
+		{"GET", base + "/entities/Counter/fz-c", code, ""},
+		{"GET", base + "/entities/Counter/%FF", code, ""},
+		{"DELETE", base + "/entities/Counter/fz-c", code, ""},
+		{"GET", base + "/entities", code + "&fetchState=true&includeDeleted=true&top=2", ""},
+		{"GET", base + "/entities/Counter/", code + "&fetchState=1&lastOperationTimeFrom=2024-01-01T00:00:00Z", ""},
+		{"GET", base + "/entities/", code + "&namePrefix=co&top=0", ""},
+		{"PUT", base + "/entities/Counter/fz-c", code, ""},
 		{"PATCH", base + "/instances/fz-1", code, ""},
 		{"GET", "/", "", ""},
 		{"GET", base + "/instances/a/../b", code, ""},

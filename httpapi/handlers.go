@@ -188,6 +188,22 @@ func filterParams(q url.Values, statuses []taskhub.Status) (taskhub.InstanceFilt
 	return f, nil
 }
 
+// pageParams parses the paging of a listing: the top query parameter
+// (default PageSizeDefault) and the continuation token header.
+func pageParams(r *http.Request, q url.Values) (top int, token string, err error) {
+	top = PageSizeDefault
+	if s := q.Get("top"); s != "" {
+		if top, err = strconv.Atoi(s); err != nil || top < 1 || top > PageSizeMax {
+			return 0, "", badParam("top", "%q is not a whole number from 1 to %d", s, PageSizeMax)
+		}
+	}
+	token = r.Header.Get(ContinuationTokenHeader)
+	if len(token) > maxTokenLength || strings.ContainsFunc(token, func(c rune) bool { return c <= ' ' || c > '~' }) {
+		return 0, "", badRequest(CodeInvalidContinuationToken, "the %s header is not a token this API issued", ContinuationTokenHeader)
+	}
+	return top, token, nil
+}
+
 func reasonParam(q url.Values) (string, error) {
 	s := q.Get("reason")
 	switch {
@@ -309,16 +325,9 @@ func (h *handler) listInstances(w http.ResponseWriter, r *http.Request) {
 		h.reply(w, r, err)
 		return
 	}
-	top := PageSizeDefault
-	if s := q.Get("top"); s != "" {
-		if top, err = strconv.Atoi(s); err != nil || top < 1 || top > PageSizeMax {
-			h.reply(w, r, badParam("top", "%q is not a whole number from 1 to %d", s, PageSizeMax))
-			return
-		}
-	}
-	token := r.Header.Get(ContinuationTokenHeader)
-	if len(token) > maxTokenLength || strings.ContainsFunc(token, func(c rune) bool { return c <= ' ' || c > '~' }) {
-		h.reply(w, r, badRequest(CodeInvalidContinuationToken, "the %s header is not a token this API issued", ContinuationTokenHeader))
+	top, token, err := pageParams(r, q)
+	if err != nil {
+		h.reply(w, r, err)
 		return
 	}
 	page, err := h.client.QueryInstances(r.Context(), taskhub.InstanceQuery{Filter: filter, PageSize: top, ContinuationToken: token})

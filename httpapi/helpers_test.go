@@ -66,7 +66,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts httpapi.Options) *env {
 	t.Helper()
-	client := startWorker(t, samples.Register)
+	return newEnvWith(t, opts, samples.Register)
+}
+
+// newEnvWith is newEnv with the functions of register.
+func newEnvWith(t *testing.T, opts httpapi.Options, register func(*taskhub.Registry) error) *env {
+	t.Helper()
+	client := startWorker(t, register)
 	if opts.Logger == nil {
 		opts.Logger = quietLogger()
 	}

@@ -57,12 +57,14 @@ const (
 	CodeInvalidParameter         = "invalid_parameter"
 	CodeMissingParameter         = "missing_parameter"
 	CodeInvalidContinuationToken = "invalid_continuation_token"
+	CodeInvalidEntityID          = "invalid_entity_id"
 	CodeInstanceNotFound         = "instance_not_found"
 	CodeInstanceExists           = "instance_exists"
 	CodeInstanceFinished         = "instance_finished"
 	CodeInstanceNotFinished      = "instance_not_finished"
 	CodeInstanceNotFailed        = "instance_not_failed"
 	CodeInstanceFailed           = "instance_failed"
+	CodeEntityNotFound           = "entity_not_found"
 	CodeNotImplemented           = "not_implemented"
 	CodeUnavailable              = "unavailable"
 	CodeInternalError            = "internal_error"
@@ -201,6 +203,11 @@ func (h *handler) routes() {
 		{"/instances/{id}/resume", []methodHandler{post(h.resume)}},
 		{"/instances/{id}/restart", []methodHandler{post(h.restart)}},
 		{"/instances/{id}/rewind", []methodHandler{post(h.rewindInstance)}},
+		{"/entities", []methodHandler{get(h.listEntities)}},
+		{"/entities/{$}", []methodHandler{get(h.listEntities)}},
+		{"/entities/{name}", []methodHandler{get(h.listEntities)}},
+		{"/entities/{name}/{$}", []methodHandler{get(h.listEntities)}},
+		{"/entities/{name}/{key}", []methodHandler{get(h.getEntity), post(h.signalEntity), del(h.deleteEntity)}},
 	}
 	for _, r := range routes {
 		var allowed []string
@@ -347,6 +354,10 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusConflict, CodeInstanceExists, fmt.Sprintf("instance %q already exists with status %s", exists.InstanceID, exists.Status))
 	case errors.Is(err, taskhub.ErrInvalidInstanceID):
 		writeError(w, http.StatusBadRequest, CodeInvalidInstanceID, err.Error())
+	case errors.Is(err, taskhub.ErrInvalidEntityID):
+		writeError(w, http.StatusBadRequest, CodeInvalidEntityID, err.Error())
+	case errors.Is(err, taskhub.ErrEntityNotFound):
+		writeError(w, http.StatusNotFound, CodeEntityNotFound, err.Error())
 	case errors.Is(err, taskhub.ErrInstanceNotFound):
 		writeError(w, http.StatusNotFound, CodeInstanceNotFound, err.Error())
 	case errors.Is(err, taskhub.ErrInstanceFinished):

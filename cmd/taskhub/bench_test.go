@@ -105,6 +105,7 @@ func TestBenchScenarios(t *testing.T) {
 		{"hello", 8, nil, []string{"p50_ms", "p90_ms", "p99_ms", "max_ms"}},
 		{"events", 10, nil, []string{"burst_events_per_s", "one_p50_ms", "one_p99_ms", "one_events_per_s"}},
 		{"idle", 20, []string{"--wakes", "4"}, []string{"rss_mib", "wake_p50_ms", "started_per_s"}},
+		{"entity", 300, nil, []string{"signals_per_s", "signals_sent_per_s", "calls_per_s", "call_ms"}},
 	}
 	for _, c := range cases {
 		t.Run(c.scenario, func(t *testing.T) {
@@ -184,8 +185,7 @@ func TestBenchBadFlags(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--scenario", "entity"}, []string{"entity", "not implemented yet", "no durable entities"}},
-		{[]string{"--scenario", "nope"}, []string{"unknown scenario", "chain, fanout, many, hello, events, idle"}},
+		{[]string{"--scenario", "nope"}, []string{"unknown scenario", "chain, fanout, many, hello, events, idle, entity"}},
 		{[]string{"--scenario", "chain", "--n", "-1"}, []string{"--n is -1"}},
 		{[]string{"--scenario", "chain", "--repeat", "0"}, []string{"--repeat is 0"}},
 		{[]string{"--scenario", "idle", "--n", "5", "--wakes", "6"}, []string{"--wakes is 6"}},

@@ -185,12 +185,18 @@ type cliWorker struct {
 
 func startCLIWorker(t *testing.T, path string) *cliWorker {
 	t.Helper()
+	return startCLIWorkerWith(t, path, samples.Register)
+}
+
+// startCLIWorkerWith is startCLIWorker with the functions of register.
+func startCLIWorkerWith(t *testing.T, path string, register func(*taskhub.Registry) error) *cliWorker {
+	t.Helper()
 	be, err := sqlite.Open(path, sqlite.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := taskhub.NewRegistry()
-	if err := samples.Register(reg); err != nil {
+	if err := register(reg); err != nil {
 		t.Fatal(err)
 	}
 	w, err := taskhub.NewWorker(be, reg, taskhub.WorkerOptions{

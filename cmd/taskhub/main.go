@@ -31,7 +31,7 @@ func rootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().String("backend", "taskhub.db", "hub storage: a SQLite file path or a postgres:// URL (default: $TASKHUB_POSTGRES_URL if set, else ./taskhub.db)")
 	root.PersistentFlags().String("hub", "taskhub", "task hub name")
-	root.AddCommand(demoCommand(), workerCommand(), benchCommand(), serveCommand(), hubCommand())
+	root.AddCommand(demoCommand(), workerCommand(), benchCommand(), serveCommand(), hubCommand(), entityCommand())
 	root.AddCommand(instanceCommands()...)
 	return root
 }

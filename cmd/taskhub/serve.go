@@ -35,7 +35,8 @@ func serveCommand() *cobra.Command {
 		Long: `serve runs a worker on the hub (by default ./taskhub.db) with the samples
 registered, and serves the Durable Functions instance-management HTTP API under
 ` + httpapi.BasePathDefault + `: start orchestrations, query their status
-and history, raise events, terminate, suspend, resume, restart and purge.
+and history, raise events, terminate, suspend, resume, restart and purge;
+and signal, read and list the sample entities (Counter, Account).
 
 Requests must carry an API key (--key, repeatable, or ` + apiKeyEnv + `) in the
 x-functions-key header, as Authorization: Bearer <key>, or in the code query
