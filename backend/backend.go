@@ -379,12 +379,22 @@ type NewMessage struct {
 	// VisibleAt delays delivery (durable timers, scheduled starts). Zero
 	// means visible at once.
 	VisibleAt time.Time
-	// Lock, when set, inserts the message as already received by the
-	// sender (eager local delivery): DequeueCount 1, locked until
+	// Lock, when set, asks to insert the message as already received by
+	// the sender (eager local delivery): DequeueCount 1, locked until
 	// Lock.Until by Lock.Epoch (control messages, under the sender's
 	// fence) or with Lock.Token (work items). The queue row still guards
 	// against a crash: the lock expires, or a newer epoch sees it.
+	//
+	// A work item is always inserted locked. A control message is inserted
+	// locked only if it overtakes nothing: the partition holds no message
+	// that a receive under Lock.Epoch could take now, and the commit sends
+	// no such message to the partition before it. Otherwise (or when the
+	// backend does not support it) it is inserted as a plain message, to be
+	// received in queue order. Locked reports the outcome.
 	Lock *MessageLock
+	// Locked is set by the commit: whether the message was inserted
+	// locked. Only meaningful once the commit has succeeded.
+	Locked bool
 }
 
 // MessageLock is the lock of a message inserted as already received.

@@ -50,6 +50,7 @@ var suite = []test{
 	{name: "WorkItemDelayed", clock: true, run: testWorkItemDelayed},
 	{name: "WorkItemComplete", clock: true, run: testWorkItemComplete},
 	{name: "ControlSentLocked", clock: true, run: testControlSentLocked},
+	{name: "ControlSentLockedNoOvertaking", clock: true, run: testControlSentLockedNoOvertaking},
 	{name: "WorkItemSentLocked", clock: true, run: testWorkItemSentLocked},
 	{name: "CommitRefused", run: testCommitRefused},
 	{name: "CommitAccepted", run: testCommitAccepted},

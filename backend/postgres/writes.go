@@ -154,18 +154,16 @@ func (g *writeGroup) add(i int, c *backend.Commit) error {
 		g.ctlData = append(g.ctlData, m.Data)
 		g.ctlEnq = append(g.ctlEnq, now)
 		g.ctlVis = append(g.ctlVis, visibleAt(m, now))
-		var deq int32
-		var epoch, until int64
-		if m.Lock != nil {
-			deq, epoch, until = 1, m.Lock.Epoch, m.Lock.Until.UnixNano()
-		}
-		g.ctlDeq = append(g.ctlDeq, deq)
-		g.ctlEpoch = append(g.ctlEpoch, epoch)
-		g.ctlUntil = append(g.ctlUntil, until)
+		// Control messages are never inserted locked here: proving that a
+		// locked insert overtakes nothing would cost this pipelined commit
+		// a round trip (see NewMessage.Lock), so they are received in
+		// queue order, woken by the notification.
+		m.Locked = false
+		g.ctlDeq = append(g.ctlDeq, 0)
+		g.ctlEpoch = append(g.ctlEpoch, 0)
+		g.ctlUntil = append(g.ctlUntil, 0)
 		g.sent[m.ID] = true
-		if m.Lock == nil { // a locked message is delivered by its sender
-			g.notify(int32(m.Partition))
-		}
+		g.notify(int32(m.Partition))
 	}
 	for _, m := range w.WorkSend {
 		g.workIDs = append(g.workIDs, m.ID)
@@ -176,6 +174,7 @@ func (g *writeGroup) add(i int, c *backend.Commit) error {
 		var deq int32
 		var token string
 		var until int64
+		m.Locked = m.Lock != nil
 		if m.Lock != nil {
 			deq, token, until = 1, m.Lock.Token, m.Lock.Until.UnixNano()
 		} else {

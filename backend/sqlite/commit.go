@@ -52,6 +52,11 @@ type batchCommit struct {
 	// answer holds for the whole batch, and a batch usually carries one
 	// fence many times.
 	fences []fenceResult
+	// backlog caches, per partition, whether a receivable message exists
+	// (so a locked insert would overtake it): read once per batch, and set
+	// when the batch sends a plain message visible now. Deletes only make
+	// a partition emptier, so a cached false stays true to the table.
+	backlog map[int]bool
 }
 
 type fenceResult struct {
@@ -205,16 +210,35 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 			if m.Partition < 0 || m.Partition >= count {
 				return fmt.Errorf("control message %q: partition %d is out of range [0, %d)", m.ID, m.Partition, count)
 			}
-			deq, epoch, until := lockColumns(m)
+			m.Locked = false
+			if m.Lock != nil {
+				busy, err := bc.hasBacklog(m.Partition, m.Lock.Epoch, now)
+				if err != nil {
+					return err
+				}
+				m.Locked = !busy
+			}
+			var deq, epoch, until int64
+			if m.Locked {
+				deq, epoch, until = lockColumns(m)
+			}
+			vis := visibleAt(m, now)
 			_, err := ws.controlInsert.ExecContext(ctx,
-				m.ID, int64(m.Partition), m.InstanceID, m.Data, now, visibleAt(m, now), deq, epoch, until)
+				m.ID, int64(m.Partition), m.InstanceID, m.Data, now, vis, deq, epoch, until)
 			if err != nil {
 				return fmt.Errorf("send control message %q: %w", m.ID, err)
+			}
+			if !m.Locked && vis <= now {
+				if bc.backlog == nil {
+					bc.backlog = map[int]bool{}
+				}
+				bc.backlog[m.Partition] = true
 			}
 		}
 	}
 
 	for _, m := range w.WorkSend {
+		m.Locked = m.Lock != nil
 		deq, _, until := lockColumns(m)
 		token := ""
 		if m.Lock != nil {
@@ -266,6 +290,23 @@ func (bc *batchCommit) partitionCount() (int, error) {
 	}
 	bc.b.partitionCount.Store(int64(h.PartitionCount))
 	return h.PartitionCount, nil
+}
+
+// hasBacklog reports whether partition p holds a message that a receive
+// under epoch could take now (see NewMessage.Lock).
+func (bc *batchCommit) hasBacklog(p int, epoch, now int64) (bool, error) {
+	if busy, ok := bc.backlog[p]; ok {
+		return busy, nil
+	}
+	var busy bool
+	if err := bc.b.ws.controlBacklog.QueryRowContext(bc.ctx, int64(p), now, epoch).Scan(&busy); err != nil {
+		return false, fmt.Errorf("read partition %d backlog: %w", p, err)
+	}
+	if bc.backlog == nil {
+		bc.backlog = map[int]bool{}
+	}
+	bc.backlog[p] = busy
+	return busy, nil
 }
 
 // lockColumns are the dequeue count, lock epoch and lock expiry of a message

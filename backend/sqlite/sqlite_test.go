@@ -485,3 +485,38 @@ func TestPanicInBatchRollsBack(t *testing.T) {
 		t.Fatalf("CommitBatch after the panicking batch: %v %v", err, errs)
 	}
 }
+
+// TestEagerLockGranted: SQLite grants a locked insert when the partition
+// has nothing waiting (the conformance suite allows a backend to refuse).
+func TestEagerLockGranted(t *testing.T) {
+	ctx := t.Context()
+	b := openTemp(t, filepath.Join(t.TempDir(), "hub.db"), Options{})
+	if _, err := b.HubCreate(ctx, &backend.HubCreateParams{PartitionCount: 1, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.PartitionAcquire(ctx, &backend.PartitionAcquireParams{Partition: 0, Owner: "A", Duration: time.Hour, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(id string, lock bool) *backend.NewMessage {
+		m := &backend.NewMessage{ID: id, InstanceID: "i", Data: []byte("x")}
+		if lock {
+			m.Lock = &backend.MessageLock{Epoch: p.Epoch, Until: t0.Add(time.Hour)}
+		}
+		errs, err := b.CommitBatch(ctx, []*backend.Commit{{Writes: backend.Writes{ControlSend: []*backend.NewMessage{m}}, Now: t0}})
+		if err != nil || errs[0] != nil {
+			t.Fatalf("commit: %v %v", err, errs)
+		}
+		return m
+	}
+	if m := send("a", true); !m.Locked {
+		t.Fatalf("a locked insert into an empty partition was refused")
+	}
+	if m := send("b", true); !m.Locked {
+		t.Fatalf("a locked insert behind a locked message was refused (nothing is receivable)")
+	}
+	send("c", false)
+	if m := send("d", true); m.Locked {
+		t.Fatalf("a locked insert overtook a plain message")
+	}
+}

@@ -26,6 +26,7 @@ type writeStmts struct {
 	fence, instanceCond, workComplete                         *sql.Stmt
 	payloadPut, historyReset, historyInsert                   *sql.Stmt
 	instanceUpdate, instanceUpsert, controlInsert, workInsert *sql.Stmt
+	controlBacklog                                            *sql.Stmt
 	controlDelete, poisonInsert                               *sql.Stmt
 	instanceDelete, payloadPurge, controlPurge, workPurge     *sql.Stmt
 
@@ -114,6 +115,8 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn) error {
 				WHERE partition = ?1 AND visible_at <= ?2 AND (locked_until <= ?2 OR locked_epoch <> ?3)
 				ORDER BY id LIMIT ?5)
 			RETURNING id, instance_id, data, enqueued_at, visible_at, dequeue_count`},
+		{&s.controlBacklog, `SELECT EXISTS (SELECT 1 FROM control INDEXED BY control_receive
+			WHERE partition = ?1 AND visible_at <= ?2 AND (locked_until <= ?2 OR locked_epoch <> ?3))`},
 		{&s.controlNextVisible, `SELECT min(visible_at) FROM control WHERE partition = ?1 AND visible_at > ?2`},
 		{&s.controlRenew, `UPDATE control SET locked_until = ?1 WHERE id = ?2 AND partition = ?3 AND locked_epoch = ?4`},
 		{&s.controlAbandon, `UPDATE control SET visible_at = ?1, locked_epoch = 0, locked_until = 0

@@ -3,7 +3,11 @@
 // (controlQueueBatchSize), keeps at most controlQueueBufferThreshold of them
 // in a prefetch buffer, groups them by instance, and hands each instance's
 // pending messages to the engine as one orchestration step, never two steps
-// of the same instance at once. When the queue is empty it polls with
+// of the same instance at once. While a backlog lasts (every receive comes
+// back full) each receive asks for twice as many messages as the last, up to
+// the room in the buffer, so a burst costs a few large receive transactions
+// instead of many of controlQueueBatchSize; the first receive after a short
+// one asks for controlQueueBatchSize again. When the queue is empty it polls with
 // randomized exponential back-off, wakes at once when this process enqueues
 // to the partition (Wake), and sleeps no longer than the next due timer.
 package controlqueue
@@ -89,6 +93,12 @@ type Listener struct {
 	buffered int                                  // messages held (pending + running)
 	inflight map[string]struct{}                  // every held message ID, for lock renewal
 	draining bool
+	// receiving is true while a receive is between its transaction and
+	// the buffering of what it returned. Messages delivered meanwhile wait
+	// in eager and are buffered right after those: the receive may have
+	// taken older messages for the same instances.
+	receiving bool
+	eager     []*backend.ControlMessage
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -149,6 +159,11 @@ func (l *Listener) Drain(ctx context.Context) error {
 	l.mu.Lock()
 	l.draining = true
 	var ids []string
+	for _, m := range l.eager {
+		ids = append(ids, m.ID)
+		delete(l.inflight, m.ID)
+	}
+	l.eager = nil
 	for inst, q := range l.pending {
 		for _, m := range q.msgs {
 			ids = append(ids, m.ID)
@@ -215,20 +230,49 @@ func (l *Listener) Done(instanceID string) {
 }
 
 // HasRoom reports whether the prefetch buffer can take more messages.
-func (l *Listener) HasRoom() bool { return l.room() > 0 }
+func (l *Listener) HasRoom() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.opts.BufferThreshold-l.buffered-len(l.eager) > 0
+}
 
 // Deliver hands the listener messages this process enqueued already locked
 // by the listener's epoch (eager local delivery), as if it had received
-// them. A listener that has stopped ignores them: their lock belongs to an
-// epoch that is over or about to be, so the next owner receives them.
-func (l *Listener) Deliver(msgs []*backend.ControlMessage) {
+// them, and reports whether it took them. The backend locked them only if
+// they overtook no message waiting in the queue (backend.NewMessage.Lock),
+// so buffering them now keeps the queue order. A listener that has stopped
+// or is draining refuses them: their lock belongs to an epoch that is over
+// or about to be, so the next owner receives them (the caller should wake
+// it). The check and the hand-over are one step under the listener's lock,
+// so a Drain that starts meanwhile cannot strand them.
+func (l *Listener) Deliver(msgs []*backend.ControlMessage) bool {
 	l.mu.Lock()
-	stopped := l.draining || l.stoppedLocked()
-	l.mu.Unlock()
-	if stopped {
-		return
+	if l.draining || l.stoppedLocked() {
+		l.mu.Unlock()
+		return false
 	}
-	l.accept(msgs)
+	if l.receiving {
+		for _, m := range msgs {
+			l.inflight[m.ID] = struct{}{}
+		}
+		l.eager = append(l.eager, msgs...)
+		l.mu.Unlock()
+		return true
+	}
+	jobs := l.acceptLocked(msgs)
+	l.mu.Unlock()
+	l.dispatchJobs(jobs)
+	return true
+}
+
+// received buffers what a receive returned, then the messages delivered
+// while it ran, and ends the receive.
+func (l *Listener) received(msgs []*backend.ControlMessage) {
+	l.mu.Lock()
+	jobs := l.acceptLocked(append(msgs, l.eager...))
+	l.eager, l.receiving = nil, false
+	l.mu.Unlock()
+	l.dispatchJobs(jobs)
 }
 
 func (l *Listener) stoppedLocked() bool {
@@ -252,6 +296,7 @@ func (l *Listener) run(ctx context.Context) {
 	poll := backoff.New(l.opts.MinPoll, l.opts.MaxPoll, l.opts.Rand)
 	renewEvery := l.opts.LockDuration / 2
 	nextRenew := l.opts.Clock.Now().Add(renewEvery)
+	batch := l.opts.BatchSize // grows while receives come back full
 	for ctx.Err() == nil {
 		now := l.opts.Clock.Now()
 		if !now.Before(nextRenew) {
@@ -261,9 +306,17 @@ func (l *Listener) run(ctx context.Context) {
 		room := l.room()
 		var wait time.Duration
 		if room > 0 {
+			l.mu.Lock()
+			l.receiving = true
+			l.mu.Unlock()
 			res, err := l.be.ControlReceive(ctx, &backend.ControlReceiveParams{
-				Fence: l.fence, Max: min(room, l.opts.BatchSize), LockDuration: l.opts.LockDuration, Now: now,
+				Fence: l.fence, Max: min(room, batch), LockDuration: l.opts.LockDuration, Now: now,
 			})
+			var got []*backend.ControlMessage
+			if err == nil {
+				got = res.Messages
+			}
+			l.received(got)
 			switch {
 			case errors.Is(err, backend.ErrLeaseLost):
 				l.opts.Logger.Warn("control queue: lease lost", "partition", l.fence.Partition, "epoch", l.fence.Epoch)
@@ -279,12 +332,14 @@ func (l *Listener) run(ctx context.Context) {
 				wait = poll.Next()
 			case len(res.Messages) > 0:
 				poll.Reset()
-				l.accept(res.Messages)
-				if len(res.Messages) == min(room, l.opts.BatchSize) {
+				if len(res.Messages) == min(room, batch) {
+					batch = min(2*batch, l.opts.BufferThreshold)
 					continue // more may be waiting
 				}
+				batch = l.opts.BatchSize
 				wait = l.sleepFor(poll, res.NextVisibleAt, now)
 			default:
+				batch = l.opts.BatchSize
 				wait = l.sleepFor(poll, res.NextVisibleAt, now)
 			}
 		} else {
@@ -322,14 +377,16 @@ func (l *Listener) room() int {
 	return l.opts.BufferThreshold - l.buffered
 }
 
-// accept buffers received messages and dispatches instances that are idle.
-func (l *Listener) accept(msgs []*backend.ControlMessage) {
-	type job struct {
-		id   string
-		msgs []*backend.ControlMessage
-	}
+// job is an instance's step to dispatch.
+type job struct {
+	id   string
+	msgs []*backend.ControlMessage
+}
+
+// acceptLocked buffers messages and returns the steps of idle instances to
+// dispatch once the lock is released.
+func (l *Listener) acceptLocked(msgs []*backend.ControlMessage) []job {
 	var jobs []job
-	l.mu.Lock()
 	touched := map[string]bool{}
 	var order []string
 	for _, m := range msgs {
@@ -355,7 +412,10 @@ func (l *Listener) accept(msgs []*backend.ControlMessage) {
 		l.running[id] = q.msgs
 		jobs = append(jobs, job{id, q.msgs})
 	}
-	l.mu.Unlock()
+	return jobs
+}
+
+func (l *Listener) dispatchJobs(jobs []job) {
 	for _, j := range jobs {
 		id := j.id
 		l.dispatch(l.fence, id, j.msgs, func() { l.Done(id) })

@@ -860,3 +860,65 @@ func benchmarkListenerDispatch(b *testing.B, instances int) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(stepCount.Load())/elapsed.Seconds(), "steps/s")
 }
+
+// While every receive comes back full, each asks for twice as many
+// messages as the last, up to the room in the buffer.
+func TestReceiveBatchGrowsWithBacklog(t *testing.T) {
+	e := newEnv(t)
+	var instances []string
+	for i := range 40 {
+		instances = append(instances, fmt.Sprintf("g%02d", i))
+	}
+	e.send(t, instances...)
+	st := newSteps()
+	l := e.listener(t, st.dispatch, Options{BatchSize: 2, BufferThreshold: 16, LockDuration: time.Hour})
+	l.Start(t.Context())
+	for range 16 {
+		st.next(t)
+	}
+	e.clk.waitTimers(t, 1) // full buffer: the listener waits
+	if got := fmt.Sprint(e.spy.receiveMaxes()); got != "[2 4 8 2]" {
+		t.Fatalf("receive Max values = %s, want [2 4 8 2]", got)
+	}
+}
+
+// A message delivered while a receive is running waits until what the
+// receive returned is buffered: the receive may hold older messages of the
+// same instance, which must come first.
+func TestDeliverDuringReceiveKeepsOrder(t *testing.T) {
+	e := newEnv(t)
+	older := e.send(t, "a")
+	st := newSteps()
+	var l *Listener
+	var once sync.Once
+	e.spy.beforeReceive = func(*backend.ControlReceiveParams) {
+		once.Do(func() {
+			if !l.Deliver([]*backend.ControlMessage{{ID: "m999999-a", Partition: 0, InstanceID: "a"}}) {
+				t.Errorf("Deliver refused by a running listener")
+			}
+		})
+	}
+	l = e.listener(t, st.dispatch, Options{LockDuration: time.Hour})
+	l.Start(t.Context())
+	s := st.next(t)
+	if got, want := fmt.Sprint(s.msgs), fmt.Sprint([]string{older[0], "m999999-a"}); got != want {
+		t.Fatalf("step messages %s, want %s (the received message first)", got, want)
+	}
+	s.done()
+}
+
+// A draining listener refuses deliveries, so the caller wakes the next
+// owner instead of stranding them.
+func TestDeliverRefusedWhenDraining(t *testing.T) {
+	e := newEnv(t)
+	st := newSteps()
+	l := e.listener(t, st.dispatch, Options{LockDuration: time.Hour})
+	l.Start(t.Context())
+	if err := l.Drain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if l.Deliver([]*backend.ControlMessage{{ID: "x", InstanceID: "a"}}) {
+		t.Fatalf("a drained listener took a delivery")
+	}
+	st.none(t, "after a refused delivery")
+}

@@ -104,10 +104,13 @@ func (c *Client) commitSend(ctx context.Context, unit *backend.Commit, nm *backe
 	if c.eng == nil {
 		return c.commit(ctx, unit)
 	}
+	out := c.eng.newOutbox(unit.Now)
+	out.addControl(nm)
 	if err := c.commit(ctx, unit); err != nil {
+		out.failed()
 		return err
 	}
-	c.eng.WakePartition(nm.Partition)
+	out.committed()
 	c.eng.Notify.Changed(nm.InstanceID)
 	return nil
 }

@@ -124,6 +124,7 @@ func (e *Engine) runEntityStep(fence backend.Fence, entityID string, raw []*back
 			out.failed()
 			if errors.Is(err, backend.ErrLeaseLost) {
 				e.log.Warn("entity batch refused: lease lost", "entity", entityID, "partition", fence.Partition, "epoch", fence.Epoch)
+				e.WakePartition(fence.Partition)
 				return
 			}
 			ok = false // reload: the row may have moved on (version conflict)

@@ -10,7 +10,12 @@ import (
 // Eager local delivery. A message this process enqueues to a queue it
 // serves itself is inserted already locked for this process and handed over
 // in memory after the commit, so no receive round trip (a write transaction
-// on SQL backends) stands between one step and the next. The queue row
+// on SQL backends) stands between one step and the next. A control message
+// is locked only if it overtakes no message still waiting in its partition
+// (the backend decides inside the commit, see backend.NewMessage.Lock):
+// otherwise an event raised right after its instance was scheduled could be
+// handed over before the ExecutionStarted still in the queue, or an
+// orchestration's later signal to an entity before its earlier one. The queue row
 // still guards against a crash: a work item's lock expires and another
 // worker runs it; a control message's lock belongs to this partition's epoch,
 // and the next owner's newer epoch sees it at once.
@@ -57,23 +62,37 @@ func (o *outbox) addControl(nm *backend.NewMessage) {
 	o.control[l] = append(o.control[l], nm)
 }
 
-// committed delivers everything after a successful commit.
+// committed delivers everything the backend inserted locked, after a
+// successful commit; what it inserted plain is received from the queue.
 func (o *outbox) committed() {
 	for _, nm := range o.work {
+		if !nm.Locked {
+			o.e.dispatcher.Release()
+			o.wakeAct = true
+			continue
+		}
 		o.e.dispatcher.RunReserved(&backend.WorkItem{
 			ID: nm.ID, InstanceID: nm.InstanceID, Data: nm.Data, EnqueuedAt: o.now,
 			DequeueCount: 1, LockToken: nm.Lock.Token, LockedUntil: nm.Lock.Until,
 		})
 	}
 	for l, nms := range o.control {
-		msgs := make([]*backend.ControlMessage, len(nms))
-		for i, nm := range nms {
-			msgs[i] = &backend.ControlMessage{
+		msgs := make([]*backend.ControlMessage, 0, len(nms))
+		for _, nm := range nms {
+			if !nm.Locked {
+				o.wake = append(o.wake, nm.Partition)
+				continue
+			}
+			msgs = append(msgs, &backend.ControlMessage{
 				ID: nm.ID, Partition: nm.Partition, InstanceID: nm.InstanceID, Data: nm.Data,
 				EnqueuedAt: o.now, VisibleAt: o.now, DequeueCount: 1,
-			}
+			})
 		}
-		l.Deliver(msgs)
+		if len(msgs) > 0 && !l.Deliver(msgs) {
+			// The listener is going away: wake whoever serves the
+			// partition now (its newer epoch sees these messages).
+			o.wake = append(o.wake, msgs[0].Partition)
+		}
 	}
 	for _, p := range o.wake {
 		o.e.WakePartition(p)

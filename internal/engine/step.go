@@ -162,6 +162,7 @@ func (e *Engine) runStep(fence backend.Fence, instanceID string, raw []*backend.
 		c.Close()
 		if errors.Is(err, backend.ErrLeaseLost) {
 			e.log.Warn("step refused: lease lost", "instance", instanceID, "partition", fence.Partition, "epoch", fence.Epoch)
+			e.WakePartition(fence.Partition) // a newer epoch here, if any, takes the messages at once
 			return
 		}
 		e.log.Warn("step commit failed: messages abandoned", "instance", instanceID, "err", err)
