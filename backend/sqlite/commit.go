@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -249,9 +250,20 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 		}
 	}
 
-	for _, id := range w.ControlDelete {
-		if _, err := ws.controlDelete.ExecContext(ctx, id); err != nil {
-			return fmt.Errorf("delete control message %q: %w", id, err)
+	switch len(w.ControlDelete) {
+	case 0:
+	case 1:
+		if _, err := ws.controlDelete.ExecContext(ctx, w.ControlDelete[0]); err != nil {
+			return fmt.Errorf("delete control message %q: %w", w.ControlDelete[0], err)
+		}
+	default:
+		// One statement for the lot: an entity batch consumes thousands.
+		ids, err := json.Marshal(w.ControlDelete)
+		if err != nil {
+			return fmt.Errorf("delete control messages: %w", err)
+		}
+		if _, err := ws.controlDeleteMany.ExecContext(ctx, string(ids)); err != nil {
+			return fmt.Errorf("delete %d control messages: %w", len(w.ControlDelete), err)
 		}
 	}
 

@@ -26,7 +26,7 @@ type writeStmts struct {
 	fence, instanceCond, workComplete                         *sql.Stmt
 	payloadPut, historyReset, historyInsert                   *sql.Stmt
 	instanceUpdate, instanceUpsert, controlInsert, workInsert *sql.Stmt
-	controlBacklog                                            *sql.Stmt
+	controlBacklog, controlDeleteMany                         *sql.Stmt
 	controlDelete, poisonInsert                               *sql.Stmt
 	instanceDelete, payloadPurge, controlPurge, workPurge     *sql.Stmt
 
@@ -95,6 +95,7 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn) error {
 		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at, dequeue_count, lock_token, locked_until)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
 		{&s.controlDelete, `DELETE FROM control WHERE id = ?1`},
+		{&s.controlDeleteMany, `DELETE FROM control WHERE id IN (SELECT value FROM json_each(?1))`},
 		{&s.poisonInsert, `INSERT INTO poison (id, queue, partition, instance_id, data, dequeue_count, reason, created_at)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
 		{&s.instanceDelete, `DELETE FROM instances WHERE instance_id = ?1`},
