@@ -386,11 +386,12 @@ type NewMessage struct {
 	// against a crash: the lock expires, or a newer epoch sees it.
 	//
 	// A work item is always inserted locked. A control message is inserted
-	// locked only if it overtakes nothing: the partition holds no message
-	// that a receive under Lock.Epoch could take now, and the commit sends
-	// no such message to the partition before it. Otherwise (or when the
-	// backend does not support it) it is inserted as a plain message, to be
-	// received in queue order. Locked reports the outcome.
+	// locked only if it overtakes nothing (unless Lock.MayOvertake): the
+	// partition holds no message that a receive under Lock.Epoch could take
+	// now, and the commit sends no such message to the partition before it.
+	// Otherwise (or when the backend does not support the check) it is
+	// inserted as a plain message, to be received in queue order. Locked
+	// reports the outcome.
 	Lock *MessageLock
 	// Locked is set by the commit: whether the message was inserted
 	// locked. Only meaningful once the commit has succeeded.
@@ -402,6 +403,10 @@ type MessageLock struct {
 	Epoch int64  // control messages
 	Token string // work items
 	Until time.Time
+	// MayOvertake marks a control message whose order relative to the
+	// messages waiting in the queue does not matter (the answer to a task
+	// of an instance that is running): it is locked without the check.
+	MayOvertake bool
 }
 
 // WorkItemLock names a received work item whose lock the commit must still

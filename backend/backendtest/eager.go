@@ -68,6 +68,17 @@ func testControlSentLockedNoOvertaking(t *testing.T, b backend.Backend) {
 	}
 	wantMsgs(t, "receive in queue order", receive(t, b, fa, 10, sec(4), time.Hour).Messages, 3, 4)
 
+	// An answer that may overtake is locked even behind a waiting message.
+	mustCommit(t, b, send(sec(4), msg(7, 0, "m")))
+	m8 := msg(8, 0, "m")
+	m8.Lock = &backend.MessageLock{Epoch: fa.Epoch, Until: sec(3600), MayOvertake: true}
+	mustCommit(t, b, send(sec(4), m8))
+	if m8.Locked {
+		wantMsgs(t, "receive with the overtaking message locked", receive(t, b, fa, 10, sec(4), time.Hour).Messages, 7)
+	} else {
+		wantMsgs(t, "receive of a refused lock", receive(t, b, fa, 10, sec(4), time.Hour).Messages, 7, 8)
+	}
+
 	// A timer due later is not overtaken: it is not receivable yet.
 	timer := msg(5, 0, "k")
 	timer.VisibleAt = sec(100)

@@ -154,16 +154,23 @@ func (g *writeGroup) add(i int, c *backend.Commit) error {
 		g.ctlData = append(g.ctlData, m.Data)
 		g.ctlEnq = append(g.ctlEnq, now)
 		g.ctlVis = append(g.ctlVis, visibleAt(m, now))
-		// Control messages are never inserted locked here: proving that a
-		// locked insert overtakes nothing would cost this pipelined commit
-		// a round trip (see NewMessage.Lock), so they are received in
-		// queue order, woken by the notification.
-		m.Locked = false
-		g.ctlDeq = append(g.ctlDeq, 0)
-		g.ctlEpoch = append(g.ctlEpoch, 0)
-		g.ctlUntil = append(g.ctlUntil, 0)
+		// Only messages that may overtake are inserted locked here:
+		// proving that any other overtakes nothing would cost this
+		// pipelined commit a round trip (see NewMessage.Lock), so those
+		// are received in queue order, woken by the notification.
+		m.Locked = m.Lock != nil && m.Lock.MayOvertake
+		var deq int32
+		var epoch, until int64
+		if m.Locked {
+			deq, epoch, until = 1, m.Lock.Epoch, m.Lock.Until.UnixNano()
+		}
+		g.ctlDeq = append(g.ctlDeq, deq)
+		g.ctlEpoch = append(g.ctlEpoch, epoch)
+		g.ctlUntil = append(g.ctlUntil, until)
 		g.sent[m.ID] = true
-		g.notify(int32(m.Partition))
+		if !m.Locked { // a locked message is delivered by its sender
+			g.notify(int32(m.Partition))
+		}
 	}
 	for _, m := range w.WorkSend {
 		g.workIDs = append(g.workIDs, m.ID)

@@ -213,9 +213,12 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 			}
 			m.Locked = false
 			if m.Lock != nil {
-				busy, err := bc.hasBacklog(m.Partition, m.Lock.Epoch, now)
-				if err != nil {
-					return err
+				busy := false
+				if !m.Lock.MayOvertake {
+					var err error
+					if busy, err = bc.hasBacklog(m.Partition, m.Lock.Epoch, now); err != nil {
+						return err
+					}
 				}
 				m.Locked = !busy
 			}
@@ -250,11 +253,12 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 		}
 	}
 
-	switch len(w.ControlDelete) {
-	case 0:
-	case 1:
-		if _, err := ws.controlDelete.ExecContext(ctx, w.ControlDelete[0]); err != nil {
-			return fmt.Errorf("delete control message %q: %w", w.ControlDelete[0], err)
+	switch n := len(w.ControlDelete); {
+	case n <= deleteManyFrom:
+		for _, id := range w.ControlDelete {
+			if _, err := ws.controlDelete.ExecContext(ctx, id); err != nil {
+				return fmt.Errorf("delete control message %q: %w", id, err)
+			}
 		}
 	default:
 		// One statement for the lot: an entity batch consumes thousands.
@@ -303,6 +307,10 @@ func (bc *batchCommit) partitionCount() (int, error) {
 	bc.b.partitionCount.Store(int64(h.PartitionCount))
 	return h.PartitionCount, nil
 }
+
+// deleteManyFrom is the number of consumed messages above which one DELETE
+// over a JSON array of IDs is cheaper than a statement per message.
+const deleteManyFrom = 32
 
 // hasBacklog reports whether partition p holds a message that a receive
 // under epoch could take now (see NewMessage.Lock).

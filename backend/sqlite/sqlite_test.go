@@ -519,4 +519,13 @@ func TestEagerLockGranted(t *testing.T) {
 	if m := send("d", true); m.Locked {
 		t.Fatalf("a locked insert overtook a plain message")
 	}
+	m := &backend.NewMessage{ID: "e", InstanceID: "i", Data: []byte("x"),
+		Lock: &backend.MessageLock{Epoch: p.Epoch, Until: t0.Add(time.Hour), MayOvertake: true}}
+	errs, err := b.CommitBatch(ctx, []*backend.Commit{{Writes: backend.Writes{ControlSend: []*backend.NewMessage{m}}, Now: t0}})
+	if err != nil || errs[0] != nil {
+		t.Fatalf("commit: %v %v", err, errs)
+	}
+	if !m.Locked {
+		t.Fatalf("a message that may overtake was refused its lock")
+	}
 }

@@ -18,16 +18,18 @@ import (
 
 func demoCommand() *cobra.Command {
 	var (
-		hellos, fanouts, fanoutSize, pipelines, approvals int
-		timeout                                           time.Duration
+		hellos, fanouts, fanoutSize, pipelines, approvals, transfers int
+		timeout                                                      time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run a mixed workload of the samples on the hub and print a summary",
 		Long: `demo starts a worker on the hub (by default ./taskhub.db), schedules a mix of the
-sample orchestrations — HelloSequence, FanOutFanIn, ImagePipeline and Approval
-(half approved by an event, half left to time out) — waits for all of them,
-checks their outputs and prints instances completed, wall time and throughput.`,
+sample orchestrations — HelloSequence, FanOutFanIn, ImagePipeline, Approval
+(half approved by an event, half left to time out) and BankTransfer between
+four Account entities inside critical sections — waits for all of them, checks
+their outputs and that the transfers kept the total balance, and prints
+instances completed, wall time and throughput.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			be, err := openBackend(cmd)
 			if err != nil {
@@ -54,7 +56,7 @@ checks their outputs and prints instances completed, wall time and throughput.`,
 				_ = w.Stop(stopCtx)
 			}()
 			d := &demo{client: w.Client(), out: cmd.OutOrStdout()}
-			return d.run(ctx, hellos, fanouts, fanoutSize, pipelines, approvals)
+			return d.run(ctx, hellos, fanouts, fanoutSize, pipelines, approvals, transfers)
 		},
 	}
 	f := cmd.Flags()
@@ -63,6 +65,7 @@ checks their outputs and prints instances completed, wall time and throughput.`,
 	f.IntVar(&fanoutSize, "fanout-size", 100, "activities per FanOutFanIn")
 	f.IntVar(&pipelines, "pipelines", 20, "ImagePipeline instances (4 sub-orchestrations of 4 activities each)")
 	f.IntVar(&approvals, "approvals", 20, "Approval instances (half approved, half timing out after 1s)")
+	f.IntVar(&transfers, "transfers", 20, "BankTransfer instances between 4 Account entities")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "give up after this long")
 	return cmd
 }
@@ -79,8 +82,23 @@ type expectation struct {
 	check func(*taskhub.InstanceStatus) error
 }
 
-func (d *demo) run(ctx context.Context, hellos, fanouts, fanoutSize, pipelines, approvals int) error {
+// demoAccounts and demoDeposit are the accounts of the BankTransfer part and
+// the balance each starts with.
+const (
+	demoAccounts = 4
+	demoDeposit  = 100
+)
+
+func (d *demo) run(ctx context.Context, hellos, fanouts, fanoutSize, pipelines, approvals, transfers int) error {
 	start := time.Now()
+	// Accounts are new on every run, so a reused hub file starts clean.
+	accounts := make([]taskhub.EntityID, demoAccounts)
+	for i := range accounts {
+		accounts[i] = taskhub.NewEntityID(samples.AccountName, fmt.Sprintf("demo-%d-%d", start.UnixNano(), i))
+		if err := d.client.SignalEntity(ctx, accounts[i], "Deposit", demoDeposit); err != nil {
+			return fmt.Errorf("open account %s: %w", accounts[i], err)
+		}
+	}
 	var exps []expectation
 	schedule := func(name string, input any, check func(*taskhub.InstanceStatus) error) error {
 		id, err := d.client.ScheduleNewOrchestration(ctx, name, input)
@@ -117,6 +135,10 @@ func (d *demo) run(ctx context.Context, hellos, fanouts, fanoutSize, pipelines, 
 		errs = append(errs, schedule(samples.ApprovalName, samples.ApprovalInput{TimeoutSeconds: 1}, outputIs(want)))
 		approvalIDs = append(approvalIDs, exps[len(exps)-1].id)
 	}
+	for i := range transfers {
+		in := samples.TransferInput{From: accounts[i%demoAccounts].Key, To: accounts[(i+1)%demoAccounts].Key, Amount: 10 + 7*i%60}
+		errs = append(errs, schedule(samples.BankTransferName, in, func(*taskhub.InstanceStatus) error { return nil }))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -128,8 +150,8 @@ func (d *demo) run(ctx context.Context, hellos, fanouts, fanoutSize, pipelines, 
 		}
 	}
 	d.total = len(exps)
-	fmt.Fprintf(d.out, "scheduled %d instances: %d HelloSequence, %d FanOutFanIn(%d), %d ImagePipeline, %d Approval\n",
-		d.total, hellos, fanouts, fanoutSize, pipelines, approvals)
+	fmt.Fprintf(d.out, "scheduled %d instances: %d HelloSequence, %d FanOutFanIn(%d), %d ImagePipeline, %d Approval, %d BankTransfer\n",
+		d.total, hellos, fanouts, fanoutSize, pipelines, approvals, transfers)
 
 	progressDone := make(chan struct{})
 	var wg sync.WaitGroup
@@ -179,5 +201,39 @@ func (d *demo) run(ctx context.Context, hellos, fanouts, fanoutSize, pipelines, 
 	if err := errors.Join(failures...); err != nil {
 		return fmt.Errorf("demo failed: %w", err)
 	}
-	return nil
+	return d.checkAccounts(ctx, accounts)
+}
+
+// checkAccounts waits until no account is locked and checks that the
+// transfers kept the total balance.
+func (d *demo) checkAccounts(ctx context.Context, accounts []taskhub.EntityID) error {
+	for {
+		total, locked := 0, false
+		var balances []int
+		for _, id := range accounts {
+			m, err := d.client.GetEntity(ctx, id, true)
+			if err != nil {
+				return fmt.Errorf("account %s: %w", id, err)
+			}
+			var a samples.Account
+			if err := m.ReadState(&a); err != nil {
+				return fmt.Errorf("account %s: %w", id, err)
+			}
+			total += a.Balance
+			balances = append(balances, a.Balance)
+			locked = locked || m.LockedBy != "" || m.BacklogQueueSize > 0
+		}
+		if !locked {
+			if want := demoAccounts * demoDeposit; total != want {
+				return fmt.Errorf("demo failed: the accounts hold %d in total (%v), want %d", total, balances, want)
+			}
+			fmt.Fprintf(d.out, "  accounts             %v (total %d, as deposited)\n", balances, total)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("accounts still locked: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

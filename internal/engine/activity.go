@@ -137,7 +137,7 @@ func (e *Engine) completeWorkItem(ctx context.Context, it *backend.WorkItem, rep
 			InstanceID: reply.InstanceID, Data: e.codec.encodeMessage(reply, &unit.Writes.Payloads),
 		}
 		unit.Writes.ControlSend = []*backend.NewMessage{nm}
-		out.addControl(nm)
+		out.addControl(nm, mayOvertake(reply.Event.Type))
 	}
 	if poison != nil {
 		unit.Writes.Poison = []*backend.Poison{poison}

@@ -105,7 +105,7 @@ func (c *Client) commitSend(ctx context.Context, unit *backend.Commit, nm *backe
 		return c.commit(ctx, unit)
 	}
 	out := c.eng.newOutbox(unit.Now)
-	out.addControl(nm)
+	out.addControl(nm, false)
 	if err := c.commit(ctx, unit); err != nil {
 		out.failed()
 		return err

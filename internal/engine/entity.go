@@ -383,7 +383,7 @@ func (e *Engine) addOutbound(w *backend.Writes, out *outbox, msg *history.Messag
 	nm.Data = e.codec.encodeMessage(msg, &w.Payloads)
 	nm.Partition = backend.PartitionOf(msg.InstanceID, e.opts.PartitionCount)
 	w.ControlSend = append(w.ControlSend, nm)
-	out.addControl(nm)
+	out.addControl(nm, mayOvertake(msg.Event.Type))
 }
 
 // poisonEntityMessages sets aside messages that cannot be processed, and

@@ -5,6 +5,7 @@ import (
 
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/internal/controlqueue"
+	"github.com/taskhub/taskhub/internal/history"
 )
 
 // Eager local delivery. A message this process enqueues to a queue it
@@ -43,8 +44,9 @@ func (o *outbox) addWork(nm *backend.NewMessage) {
 }
 
 // addControl prepares a control message: eagerly when this process owns its
-// partition, the listener has room, and the message is due now.
-func (o *outbox) addControl(nm *backend.NewMessage) {
+// partition, the listener has room, and the message is due now. mayOvertake
+// marks an answer to a task of a running instance (see mayOvertake).
+func (o *outbox) addControl(nm *backend.NewMessage, mayOvertake bool) {
 	if !nm.VisibleAt.IsZero() && nm.VisibleAt.After(o.now) {
 		return // a timer: the listener sleeps until it is due
 	}
@@ -55,11 +57,28 @@ func (o *outbox) addControl(nm *backend.NewMessage) {
 		o.wake = append(o.wake, nm.Partition)
 		return
 	}
-	nm.Lock = &backend.MessageLock{Epoch: l.Fence().Epoch, Until: o.now.Add(o.e.opts.ControlQueueVisibilityTimeout)}
+	nm.Lock = &backend.MessageLock{Epoch: l.Fence().Epoch, Until: o.now.Add(o.e.opts.ControlQueueVisibilityTimeout), MayOvertake: mayOvertake}
 	if o.control == nil {
 		o.control = map[*controlqueue.Listener][]*backend.NewMessage{}
 	}
 	o.control[l] = append(o.control[l], nm)
+}
+
+// mayOvertake reports whether a message of type t may be handed over ahead
+// of older messages still in the queue: the answers to tasks an instance
+// scheduled. The instance has started (its ExecutionStarted came first), and
+// the order among answers, or between an answer and an event from someone
+// else, is not defined anyway. Everything else keeps queue order: an
+// instance's start, events, terminate/suspend/resume, and messages to
+// entities, whose senders' order must hold.
+func mayOvertake(t history.Type) bool {
+	switch t {
+	case history.TaskCompleted, history.TaskFailed, history.TimerFired,
+		history.SubOrchestrationCompleted, history.SubOrchestrationFailed,
+		history.EntityOperationCompleted, history.EntityOperationFailed, history.EntityLockGranted:
+		return true
+	}
+	return false
 }
 
 // committed delivers everything the backend inserted locked, after a

@@ -89,7 +89,7 @@ func (e *Engine) rewind(ctx context.Context, fence backend.Fence, instanceID str
 			nm.VisibleAt = ev.FireAt
 		}
 		w.ControlSend = append(w.ControlSend, nm)
-		out.addControl(nm)
+		out.addControl(nm, mayOvertake(ev.Type))
 	}
 	for _, ev := range plan.redeliver {
 		self(ev)
@@ -111,7 +111,7 @@ func (e *Engine) rewind(ctx context.Context, fence backend.Fence, instanceID str
 			m := &history.Message{InstanceID: pc.instanceID, ExecutionID: child.ExecutionID, Event: &history.Event{Type: history.ExecutionRewound, Time: now, Input: msg.Event.Input}}
 			nm := &backend.NewMessage{ID: newID(), Partition: backend.PartitionOf(pc.instanceID, e.opts.PartitionCount), InstanceID: pc.instanceID, Data: e.codec.encodeMessage(m, &w.Payloads)}
 			w.ControlSend = append(w.ControlSend, nm)
-			out.addControl(nm)
+			out.addControl(nm, false)
 		case err == nil && child.Status == backend.StatusCompleted:
 			output, rerr := e.codec.resolve(ctx, child.Output)
 			if rerr != nil {
