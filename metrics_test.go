@@ -12,8 +12,10 @@ func TestMetrics(t *testing.T) {
 	opts := testOptions()
 	opts.MetricsRegisterer = reg
 	opts.MaxConcurrentActivityFunctions = 7
-	h := newHarness(t, registerHello, opts)
+	opts.MaxConcurrentEntityFunctions = 5
+	h := newHarness(t, func(r *Registry) { registerHello(r); registerEntityTests(r) }, opts)
 	wantOutput(t, h.run("Hello", nil), `["Hello Tokyo!","Hello Seattle!","Hello London!"]`)
+	wantOutput(t, h.run("CallCounter", map[string]any{"Key": "m", "Op": "add", "N": 2}), "2")
 
 	families, err := reg.Gather()
 	must(t, err)
@@ -54,6 +56,15 @@ func TestMetrics(t *testing.T) {
 	}
 	if n := value("taskhub_commit_batch_size", nil); n < 1 {
 		t.Fatalf("no commit batches observed")
+	}
+	if n := value("taskhub_entity_operations_total", nil); n != 1 {
+		t.Errorf("entity_operations_total = %v, want 1", n)
+	}
+	if n := value("taskhub_entity_batch_operations", nil); n != 1 {
+		t.Errorf("entity_batch_operations has %v samples, want 1", n)
+	}
+	if n := value("taskhub_throttle_limit", map[string]string{"kind": "entity"}); n != 5 {
+		t.Errorf("entity throttle limit = %v, want 5", n)
 	}
 	if n := value("taskhub_throttle_limit", map[string]string{"kind": "activity"}); n != 7 {
 		t.Fatalf("activity throttle limit %v, want 7", n)

@@ -38,6 +38,7 @@ func NewWorker(be backend.Backend, reg *Registry, opts WorkerOptions) (*Worker, 
 		collector = metrics.New(metrics.Source{Backend: be, Clock: opts.Clock})
 		hooks = chainHooks(hooks, engine.Hooks{
 			OnStep: collector.OnStep, OnActivity: collector.OnActivity, OnBatch: collector.OnBatch, OnLeaseEvent: collector.OnLeaseEvent,
+			OnEntityBatch: collector.OnEntityBatch,
 		})
 	}
 	w.eng = engine.New(be, engine.Options{
@@ -76,6 +77,7 @@ func NewWorker(be backend.Backend, reg *Registry, opts WorkerOptions) (*Worker, 
 			Backend: be, Clock: opts.Clock, OwnedPartitions: eng.OwnedPartitions, CacheStats: eng.CacheStats,
 			ActivitySlots:      func() (int, int) { return eng.ActivitySlotsInUse(), opts.MaxConcurrentActivityFunctions },
 			OrchestrationSlots: func() (int, int) { return eng.OrchestrationSlotsInUse(), opts.MaxConcurrentOrchestratorFunctions },
+			EntitySlots:        func() (int, int) { return eng.EntitySlotsInUse(), opts.MaxConcurrentEntityFunctions },
 		})
 		if err := opts.MetricsRegisterer.Register(collector); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -117,6 +119,14 @@ func chainHooks(a, b engine.Hooks) engine.Hooks {
 			}
 			if b.OnLeaseEvent != nil {
 				b.OnLeaseEvent(p, epoch, ev)
+			}
+		},
+		OnEntityBatch: func(id string, ops, consumed int, d time.Duration) {
+			if a.OnEntityBatch != nil {
+				a.OnEntityBatch(id, ops, consumed, d)
+			}
+			if b.OnEntityBatch != nil {
+				b.OnEntityBatch(id, ops, consumed, d)
 			}
 		},
 	}

@@ -293,6 +293,9 @@ func (e *Engine) ActivitySlotsInUse() int { return e.dispatcher.InUse() }
 // OrchestrationSlotsInUse returns the busy orchestration slots.
 func (e *Engine) OrchestrationSlotsInUse() int { return len(e.orchSlots) }
 
+// EntitySlotsInUse returns the busy entity slots.
+func (e *Engine) EntitySlotsInUse() int { return len(e.entitySlots) }
+
 func (e *Engine) cacheLoop(ctx context.Context) {
 	defer e.bg.Done()
 	every := e.opts.CacheIdle / 2

@@ -28,6 +28,7 @@ type Source struct {
 	OwnedPartitions    func() map[int]int64
 	ActivitySlots      func() (inUse, limit int)
 	OrchestrationSlots func() (inUse, limit int)
+	EntitySlots        func() (inUse, limit int)
 	CacheStats         func() cache.Stats
 }
 
@@ -42,6 +43,9 @@ type Collector struct {
 	replayed        prometheus.Counter
 	steps           prometheus.Counter
 	leaseEvents     *prometheus.CounterVec
+	entityBatchOps  prometheus.Histogram
+	entityBatchSecs prometheus.Histogram
+	entityOps       prometheus.Counter
 
 	queueLength *prometheus.Desc
 	queueAge    *prometheus.Desc
@@ -85,6 +89,17 @@ func New(src Source) *Collector {
 		replayed:    prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "replayed_events_total", Help: "History events replayed to rebuild orchestrations not in the instance cache."}),
 		steps:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "orchestration_steps_total", Help: "Orchestration steps committed."}),
 		leaseEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "lease_events_total", Help: "Partition lease changes of this worker (acquired, released, lost)."}, []string{"event"}),
+		entityBatchOps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "entity_batch_operations",
+			Help:    "Operations run by one entity batch (one commit); bounded by maxEntityOperationBatchSize.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}),
+		entityBatchSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "entity_batch_seconds",
+			Help:    "Time from running an entity batch to its commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		entityOps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "entity_operations_total", Help: "Entity operations run (succeeded or failed) in committed batches."}),
 
 		queueLength: desc("queue_length", "Messages in a queue (control queues by partition, and the work-item queue).", "queue", "partition"),
 		queueAge:    desc("queue_oldest_message_age_seconds", "Age of the oldest visible message of a queue: how long work has waited.", "queue", "partition"),
@@ -133,6 +148,13 @@ func (c *Collector) OnBatch(size int, err error) {
 	}
 }
 
+// OnEntityBatch records a committed entity batch.
+func (c *Collector) OnEntityBatch(_ string, operations, _ int, d time.Duration) {
+	c.entityBatchOps.Observe(float64(operations))
+	c.entityBatchSecs.Observe(d.Seconds())
+	c.entityOps.Add(float64(operations))
+}
+
 // OnLeaseEvent records a lease change.
 func (c *Collector) OnLeaseEvent(_ int, _ int64, event string) {
 	c.leaseEvents.WithLabelValues(event).Inc()
@@ -147,6 +169,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	c.replayed.Describe(ch)
 	c.steps.Describe(ch)
 	c.leaseEvents.Describe(ch)
+	c.entityBatchOps.Describe(ch)
+	c.entityBatchSecs.Describe(ch)
+	c.entityOps.Describe(ch)
 	for _, d := range []*prometheus.Desc{c.queueLength, c.queueAge, c.owned, c.epoch, c.throttleUse, c.throttleMax, c.cacheHits, c.cacheMisses, c.cacheBytes, c.cacheItems, c.scrapeErr} {
 		ch <- d
 	}
@@ -161,6 +186,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.replayed.Collect(ch)
 	c.steps.Collect(ch)
 	c.leaseEvents.Collect(ch)
+	c.entityBatchOps.Collect(ch)
+	c.entityBatchSecs.Collect(ch)
+	c.entityOps.Collect(ch)
 
 	now := c.src.Clock.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -184,7 +212,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.epoch, prometheus.GaugeValue, float64(epoch), label)
 		}
 	}
-	for kind, f := range map[string]func() (int, int){"activity": c.src.ActivitySlots, "orchestration": c.src.OrchestrationSlots} {
+	for kind, f := range map[string]func() (int, int){"activity": c.src.ActivitySlots, "orchestration": c.src.OrchestrationSlots, "entity": c.src.EntitySlots} {
 		if f == nil {
 			continue
 		}
