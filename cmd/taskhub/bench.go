@@ -34,6 +34,7 @@ import (
 	"github.com/taskhub/taskhub/backend"
 	"github.com/taskhub/taskhub/backend/postgres"
 	"github.com/taskhub/taskhub/backend/sqlite"
+	"github.com/taskhub/taskhub/samples"
 )
 
 // The bench command measures the engine on one scenario at a time, each on a
@@ -119,7 +120,7 @@ func benchScenarios() []*benchScenario {
 		{name: "entity", defaultN: 100000, nMeans: "signals to one entity (then n/100 calls, at most 1000)", main: "signals_per_s",
 			register: func(reg *taskhub.Registry, _ *benchProgress) error {
 				return errors.Join(
-					taskhub.RegisterEntity(reg, benchCounter, benchCounterEntity),
+					taskhub.RegisterEntity(reg, benchCounter, samples.Counter),
 					taskhub.RegisterOrchestrator(reg, "BenchEntityCalls", benchEntityCallsOrchestrator))
 			},
 			run: runBenchEntity},
@@ -810,29 +811,9 @@ func runBenchEvents(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	}, nil
 }
 
-// benchCounter is the entity of the entity scenario: "add" adds its input
-// to the state, "get" returns it.
+// benchCounter is the entity of the entity scenario: the sample Counter
+// ("add" adds its input to the state, "get" returns it).
 const benchCounter = "BenchCounter"
-
-func benchCounterEntity(ctx *taskhub.EntityContext) (any, error) {
-	var n int
-	if ctx.HasState() {
-		if err := ctx.GetState(&n); err != nil {
-			return nil, err
-		}
-	}
-	switch ctx.Operation() {
-	case "add":
-		var d int
-		if err := ctx.GetInput(&d); err != nil {
-			return nil, err
-		}
-		return nil, ctx.SetState(n + d)
-	case "get":
-		return n, nil
-	}
-	return nil, fmt.Errorf("%w: %q", taskhub.ErrUnknownOperation, ctx.Operation())
-}
 
 // benchEntityCallsOrchestrator makes k calls to one counter, one at a time.
 func benchEntityCallsOrchestrator(ctx *taskhub.OrchestrationContext, in struct {

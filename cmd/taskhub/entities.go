@@ -229,22 +229,19 @@ tables, as continuationToken in JSON); pass it to --continuation-token.`,
 				return errors.New("--all and --continuation-token exclude each other")
 			}
 			return withEntityTarget(cmd, func(ctx context.Context, t entityTarget) error {
-				q := taskhub.EntityQuery{Name: name, NamePrefix: prefix, IncludeState: state, IncludeDeleted: gone, PageSize: top, ContinuationToken: token}
-				res := taskhub.EntityPage{Entities: []*taskhub.EntityMetadata{}}
-				for {
+				q := taskhub.EntityQuery{Name: name, NamePrefix: prefix, IncludeState: state, IncludeDeleted: gone, PageSize: top}
+				var res taskhub.EntityPage
+				var err error
+				res.Entities, res.ContinuationToken, err = collectPages("entity list", all, token, func(tok string) ([]*taskhub.EntityMetadata, string, error) {
+					q.ContinuationToken = tok
 					page, err := t.ListEntities(ctx, q)
 					if err != nil {
-						return err
+						return nil, "", err
 					}
-					res.Entities = append(res.Entities, page.Entities...)
-					if !all || page.ContinuationToken == "" {
-						res.ContinuationToken = page.ContinuationToken
-						break
-					}
-					if page.ContinuationToken == q.ContinuationToken {
-						return errors.New("entity list: the continuation token did not advance; stopping")
-					}
-					q.ContinuationToken = page.ContinuationToken
+					return page.Entities, page.ContinuationToken, nil
+				})
+				if err != nil {
+					return err
 				}
 				if wantJSON(cmd) {
 					return renderJSON(cmd.OutOrStdout(), res)

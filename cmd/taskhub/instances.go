@@ -462,22 +462,19 @@ continuationToken in JSON); pass it to --continuation-token.`,
 				return errors.New("--all and --continuation-token exclude each other")
 			}
 			return withTarget(cmd, func(ctx context.Context, t instanceTarget) error {
-				q := taskhub.InstanceQuery{Filter: filter, PageSize: top, ContinuationToken: token}
-				res := listOutput{Instances: []*taskhub.InstanceStatus{}}
-				for {
+				q := taskhub.InstanceQuery{Filter: filter, PageSize: top}
+				var res listOutput
+				var err error
+				res.Instances, res.ContinuationToken, err = collectPages("list", all, token, func(tok string) ([]*taskhub.InstanceStatus, string, error) {
+					q.ContinuationToken = tok
 					page, err := t.List(ctx, q)
 					if err != nil {
-						return err
+						return nil, "", err
 					}
-					res.Instances = append(res.Instances, page.Instances...)
-					if !all || page.ContinuationToken == "" {
-						res.ContinuationToken = page.ContinuationToken
-						break
-					}
-					if page.ContinuationToken == q.ContinuationToken {
-						return errors.New("list: the continuation token did not advance; stopping")
-					}
-					q.ContinuationToken = page.ContinuationToken
+					return page.Instances, page.ContinuationToken, nil
+				})
+				if err != nil {
+					return err
 				}
 				if wantJSON(cmd) {
 					return renderJSON(cmd.OutOrStdout(), res)
@@ -1216,4 +1213,25 @@ func (h *httpTarget) PurgeWhere(ctx context.Context, f taskhub.InstanceFilter, _
 func (h *httpTarget) Close() error {
 	h.client.CloseIdleConnections()
 	return nil
+}
+
+// collectPages fetches the page at token and, with all, every page after it;
+// it returns the items (never nil, so JSON shows []) and the token of the
+// page after the last one fetched.
+func collectPages[T any](what string, all bool, token string, fetch func(token string) ([]T, string, error)) ([]T, string, error) {
+	items := []T{}
+	for {
+		page, next, err := fetch(token)
+		if err != nil {
+			return nil, "", err
+		}
+		items = append(items, page...)
+		if !all || next == "" {
+			return items, next, nil
+		}
+		if next == token {
+			return nil, "", fmt.Errorf("%s: the continuation token did not advance; stopping", what)
+		}
+		token = next
+	}
 }
