@@ -68,7 +68,7 @@ func entityMetadata(row *backend.Instance, includeState bool) (*EntityMetadata, 
 	if err != nil {
 		return nil, err
 	}
-	rec, err := engine.EntityStateOf(row)
+	rec, err := engine.DecodeEntityRecord(row)
 	if err != nil {
 		return nil, fmt.Errorf("entity %s: record cannot be decoded: %w", id, err)
 	}
@@ -187,7 +187,7 @@ func (c *Client) CleanEntityStorage(ctx context.Context, removeEmpty, releaseOrp
 			return res, err
 		}
 		for _, row := range page.Instances {
-			rec, err := engine.EntityStateOf(row)
+			rec, err := engine.DecodeEntityRecord(row)
 			if err != nil {
 				return res, fmt.Errorf("entity %q: record cannot be decoded: %w", row.InstanceID, err)
 			}

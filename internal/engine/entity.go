@@ -270,9 +270,9 @@ func (e *Engine) loadEntity(ctx context.Context, entityID string) (*entityState,
 	return st, nil
 }
 
-// EntityStateOf decodes an entity row's record (its Input); the row's
+// DecodeEntityRecord decodes an entity row's record (its Input); the row's
 // payloads must be resolved.
-func EntityStateOf(row *backend.Instance) (entity.Record, error) {
+func DecodeEntityRecord(row *backend.Instance) (entity.Record, error) {
 	var rec entity.Record
 	if len(row.Input) == 0 {
 		return rec, nil
