@@ -571,3 +571,42 @@ func TestEntityCallsCounted(t *testing.T) {
 		t.Fatalf("counter %d, want 150", stateInt(t, m))
 	}
 }
+
+// TestEntityActionsEndToEnd: an operation that signals another entity and
+// starts an orchestration, and a signal scheduled for later.
+func TestEntityActionsEndToEnd(t *testing.T) {
+	h := newHarness(t, func(r *Registry) {
+		registerEntityTests(r)
+		registerHello(r)
+		must(t, RegisterEntity(r, "Relay", func(ctx *EntityContext) (any, error) {
+			switch ctx.Operation() {
+			case "forward": // signal the counter, then start Hello with a known ID
+				var n int
+				if err := ctx.GetInput(&n); err != nil {
+					return nil, err
+				}
+				if err := ctx.SignalEntity(NewEntityID("Counter", "relayed"), "add", n); err != nil {
+					return nil, err
+				}
+				_, err := ctx.ScheduleNewOrchestration("Hello", nil, WithStartInstanceID("started-by-entity"))
+				return nil, err
+			}
+			return nil, ErrUnknownOperation
+		}))
+	}, testOptions())
+	ctx := ctxT(t)
+	must(t, h.client.SignalEntity(ctx, NewEntityID("Relay", "r"), "forward", 9))
+	waitEntity(t, h.client, NewEntityID("Counter", "relayed"), func(m *EntityMetadata) bool { return string(m.State) == "9" })
+	st, err := h.client.WaitForInstanceCompletion(ctx, "started-by-entity")
+	must(t, err)
+	wantOutput(t, st, `["Hello Tokyo!","Hello Seattle!","Hello London!"]`)
+
+	// A scheduled signal is applied no earlier than its time.
+	at := time.Now().Add(300 * time.Millisecond)
+	id := NewEntityID("Counter", "later")
+	must(t, h.client.SignalEntity(ctx, id, "add", 1, WithSignalTime(at)))
+	m := waitEntity(t, h.client, id, func(m *EntityMetadata) bool { return m.HasState })
+	if m.LastModified.Before(at) {
+		t.Fatalf("a signal scheduled for %v was applied at %v", at, m.LastModified)
+	}
+}
