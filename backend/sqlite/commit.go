@@ -37,6 +37,9 @@ func (b *Backend) CommitBatch(ctx context.Context, commits []*backend.Commit) ([
 				return fmt.Errorf("sqlite: commit %d: %w", i, err)
 			}
 		}
+		if err := bc.flushControl(); err != nil {
+			return fmt.Errorf("sqlite: commit: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -53,6 +56,12 @@ type batchCommit struct {
 	// answer holds for the whole batch, and a batch usually carries one
 	// fence many times.
 	fences []fenceResult
+	// control holds the arguments of control-message inserts not written
+	// yet: they are written together, many rows per statement, before
+	// anything that could read them (a delete) and at the end of the batch.
+	// Nothing else in a batch reads the control table: fence and instance
+	// conditions read other tables, and backlog is tracked below.
+	control []any
 	// backlog caches, per partition, whether a receivable message exists
 	// (so a locked insert would overtake it): read once per batch, and set
 	// when the batch sends a plain message visible now. Deletes only make
@@ -227,11 +236,7 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 				deq, epoch, until = lockColumns(m)
 			}
 			vis := visibleAt(m, now)
-			_, err := ws.controlInsert.ExecContext(ctx,
-				m.ID, int64(m.Partition), m.InstanceID, m.Data, now, vis, deq, epoch, until)
-			if err != nil {
-				return fmt.Errorf("send control message %q: %w", m.ID, err)
-			}
+			bc.control = append(bc.control, m.ID, int64(m.Partition), m.InstanceID, m.Data, now, vis, deq, epoch, until)
 			if !m.Locked && vis <= now {
 				if bc.backlog == nil {
 					bc.backlog = map[int]bool{}
@@ -253,6 +258,11 @@ func (bc *batchCommit) apply(c *backend.Commit) error {
 		}
 	}
 
+	if len(w.ControlDelete) > 0 {
+		if err := bc.flushControl(); err != nil {
+			return err
+		}
+	}
 	switch n := len(w.ControlDelete); {
 	case n <= deleteManyFrom:
 		for _, id := range w.ControlDelete {
@@ -311,6 +321,31 @@ func (bc *batchCommit) partitionCount() (int, error) {
 // deleteManyFrom is the number of consumed messages above which one DELETE
 // over a JSON array of IDs is cheaper than a statement per message.
 const deleteManyFrom = 32
+
+// controlColumns is the number of arguments of one control-message insert.
+const controlColumns = 9
+
+// flushControl writes the pending control-message inserts: controlInsertRows
+// rows per statement, then one statement per remaining row.
+func (bc *batchCommit) flushControl() error {
+	args := bc.control
+	bc.control = bc.control[:0]
+	ws := bc.b.ws
+	const chunk = controlInsertRows * controlColumns
+	for len(args) >= chunk {
+		if _, err := ws.controlInsertMany.ExecContext(bc.ctx, args[:chunk]...); err != nil {
+			return fmt.Errorf("send %d control messages: %w", controlInsertRows, err)
+		}
+		args = args[chunk:]
+	}
+	for len(args) > 0 {
+		if _, err := ws.controlInsert.ExecContext(bc.ctx, args[:controlColumns]...); err != nil {
+			return fmt.Errorf("send control message %q: %w", args[0], err)
+		}
+		args = args[controlColumns:]
+	}
+	return nil
+}
 
 // hasBacklog reports whether partition p holds a message that a receive
 // under epoch could take now (see NewMessage.Lock).

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Every statement of a hot path is prepared once at Open: the driver keeps
@@ -26,7 +27,7 @@ type writeStmts struct {
 	fence, instanceCond, workComplete                         *sql.Stmt
 	payloadPut, historyReset, historyInsert                   *sql.Stmt
 	instanceUpdate, instanceUpsert, controlInsert, workInsert *sql.Stmt
-	controlBacklog, controlDeleteMany                         *sql.Stmt
+	controlBacklog, controlDeleteMany, controlInsertMany      *sql.Stmt
 	controlDelete, poisonInsert                               *sql.Stmt
 	instanceDelete, payloadPurge, controlPurge, workPurge     *sql.Stmt
 
@@ -95,6 +96,7 @@ func (s *writeStmts) prepare(ctx context.Context, c *sql.Conn) error {
 		{&s.workInsert, `INSERT INTO work (id, instance_id, data, enqueued_at, visible_at, dequeue_count, lock_token, locked_until)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
 		{&s.controlDelete, `DELETE FROM control WHERE id = ?1`},
+		{&s.controlInsertMany, controlInsertManySQL()},
 		{&s.controlDeleteMany, `DELETE FROM control WHERE id IN (SELECT value FROM json_each(?1))`},
 		{&s.poisonInsert, `INSERT INTO poison (id, queue, partition, instance_id, data, dequeue_count, reason, created_at)
 			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`},
@@ -212,4 +214,28 @@ func (s *readStmts) close() error {
 	}
 	s.all = nil
 	return errors.Join(errs...)
+}
+
+// controlInsertRows is the number of rows of controlInsertMany.
+const controlInsertRows = 16
+
+// controlInsertManySQL is the INSERT of controlInsertRows control messages,
+// the columns of each as in controlInsert.
+func controlInsertManySQL() string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO control (id, partition, instance_id, data, enqueued_at, visible_at, dequeue_count, locked_epoch, locked_until) VALUES `)
+	for r := range controlInsertRows {
+		if r > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(")
+		for c := range 9 {
+			if c > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("?")
+		}
+		b.WriteString(")")
+	}
+	return b.String()
 }
