@@ -576,26 +576,36 @@ func benchIdleOrchestrator(started *atomic.Int64) func(*taskhub.OrchestrationCon
 
 // ---- Scenarios ----
 
+// runActivities runs one orchestration that calls n activities, and returns
+// its final status and history once it has checked that all n completed.
+func (r *benchRun) runActivities(ctx context.Context, orchestrator, kind string, n int) (*taskhub.InstanceStatus, []*taskhub.HistoryEvent, error) {
+	id := r.id(kind, 0)
+	if _, err := r.client.ScheduleNewOrchestration(ctx, orchestrator, n, taskhub.WithStartInstanceID(id)); err != nil {
+		return nil, nil, err
+	}
+	st, err := r.completed(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := r.client.GetHistory(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if run, _ := activitySpans(h); len(run) != n {
+		return nil, nil, fmt.Errorf("history of %s holds %d completed activities, want %d", id, len(run), n)
+	}
+	return st, h, nil
+}
+
 func runBenchChain(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
 	r.prog.phase("activities in sequence", n)
 	r.prog.countFrom("activities")
-	id := r.id("chain", 0)
-	if _, err := r.client.ScheduleNewOrchestration(ctx, "BenchChain", n, taskhub.WithStartInstanceID(id)); err != nil {
-		return nil, err
-	}
-	st, err := r.completed(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	h, err := r.client.GetHistory(ctx, id)
+	st, h, err := r.runActivities(ctx, "BenchChain", "chain", n)
 	if err != nil {
 		return nil, err
 	}
 	run, gap := activitySpans(h)
-	if len(run) != n {
-		return nil, fmt.Errorf("history of %s holds %d completed activities, want %d", id, len(run), n)
-	}
 	elapsed := positive(st.CompletedAt.Sub(st.CreatedAt))
 	return []benchFigure{
 		{"activities_per_s", "activities/s", "1/s", float64(n) / elapsed.Seconds()},
@@ -610,22 +620,11 @@ func runBenchFanOut(ctx context.Context, r *benchRun) ([]benchFigure, error) {
 	n := r.opts.n
 	r.prog.phase("parallel activities", n)
 	r.prog.countFrom("activities")
-	id := r.id("fanout", 0)
-	if _, err := r.client.ScheduleNewOrchestration(ctx, "BenchFanOut", n, taskhub.WithStartInstanceID(id)); err != nil {
-		return nil, err
-	}
-	st, err := r.completed(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	h, err := r.client.GetHistory(ctx, id)
+	st, h, err := r.runActivities(ctx, "BenchFanOut", "fanout", n)
 	if err != nil {
 		return nil, err
 	}
 	run, _ := activitySpans(h)
-	if len(run) != n {
-		return nil, fmt.Errorf("history of %s holds %d completed activities, want %d", id, len(run), n)
-	}
 	steps := 0
 	var firstScheduled, lastCompleted time.Time
 	for _, e := range h {
